@@ -1,0 +1,138 @@
+"""Stage `evaluate`: every trained model on the held-out test set; metrics, curves, error analysis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+
+from common import (
+    FIGURES_DIR,
+    METRICS_DIR,
+    MODELS_DIR,
+    PLOTS_DIR,
+    UserError,
+    load_class_names,
+    load_model,
+    load_params,
+    load_split,
+    log,
+    read_json,
+    run_stage,
+    to_features,
+    write_csv,
+    write_json,
+)
+from evaluation import (
+    binary_metrics,
+    is_target,
+    multilabel_f1,
+    multilabel_targets,
+    precision_recall_columns,
+    roc_columns,
+    rounded,
+)
+from figures import new_figure, plot_confusion_matrices, plot_precision_vs_recall, plot_roc, save_figure
+from schema import BinaryParams, MulticlassModels
+
+BINARY_MODELS = ("sgd", "dummy", "forest")
+MISCLASSIFIED_SHOWN = 40
+
+
+def positive_scores(model: Any, features: np.ndarray) -> np.ndarray:
+    if hasattr(model, "decision_function"):
+        return model.decision_function(features)
+    return model.predict_proba(features)[:, 1]
+
+
+def evaluate_binary(features: np.ndarray, target: np.ndarray, cv_threshold: float | None) -> tuple[dict, dict]:
+    metrics: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name in BINARY_MODELS:
+        model = load_model(MODELS_DIR / "binary" / f"{name}.skops")
+        scores[name] = positive_scores(model, features)
+        metrics[name] = {"test": binary_metrics(target, model.predict(features), scores[name])}
+    if cv_threshold is not None:
+        # Does the threshold chosen on the training folds keep its precision on unseen images?
+        chosen = scores["sgd"] >= cv_threshold
+        metrics["sgd"]["test"]["precision_at_cv_threshold"] = rounded(precision_score(target, chosen, zero_division=0))
+        metrics["sgd"]["test"]["recall_at_cv_threshold"] = rounded(recall_score(target, chosen, zero_division=0))
+    return metrics, scores
+
+
+def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> Any:
+    wrong = np.flatnonzero(truth != predicted)[:MISCLASSIFIED_SHOWN]
+    columns = 10
+    rows = max(1, -(-len(wrong) // columns))
+    figure, axes = new_figure(rows, columns, figsize=(columns * 0.9, rows * 1.05), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, index in zip(axes.ravel(), wrong, strict=False):
+        axis.imshow(images[index], cmap="binary", interpolation="nearest")
+        axis.set_title(f"{class_names[truth[index]]} → {class_names[predicted[index]]}", fontsize=7)
+    figure.suptitle(f"first {len(wrong)} misclassified test images (true → predicted)")
+    return figure
+
+
+def main() -> None:
+    binary_params = load_params("binary", BinaryParams)
+    images, labels = load_split("test")
+    class_names = load_class_names()
+    features = to_features(images)
+    figures = FIGURES_DIR / "test"
+
+    log("binary: scoring the test set")
+    cv_binary = read_json(METRICS_DIR / "binary_cv.json")["binary"]
+    target = is_target(labels, binary_params.digit)
+    binary, scores = evaluate_binary(features, target, cv_binary["sgd"]["cv"]["threshold_at_target_precision"])
+    curve = precision_recall_columns(target, scores["sgd"])
+    rocs = {name: roc_columns(target, scores[name]) for name in ("sgd", "forest")}
+    write_csv(PLOTS_DIR / "binary_test_pr_sgd.csv", curve)
+    for name, roc in rocs.items():
+        write_csv(PLOTS_DIR / f"binary_test_roc_{name}.csv", roc)
+    question = f"is it a {class_names[binary_params.digit]}?"
+    save_figure(
+        figures / "binary_precision_vs_recall.png",
+        plot_precision_vs_recall({"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', test set"),
+    )
+    labelled = {f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})": (r["fpr"], r["tpr"]) for name, r in rocs.items()}
+    save_figure(figures / "binary_roc.png", plot_roc(labelled, f"ROC '{question}', test set"))
+
+    log("multiclass: scoring the test set")
+    cv_multiclass = read_json(METRICS_DIR / "multiclass_cv.json")["multiclass"]
+    multiclass: dict[str, Any] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for name in cv_multiclass:
+        if name not in MulticlassModels.model_fields:
+            raise UserError(f"{METRICS_DIR / 'multiclass_cv.json'}: unknown model '{name}'")
+        predictions[name] = load_model(MODELS_DIR / "multiclass" / f"{name}.skops").predict(features)
+        multiclass[name] = {
+            "test": {
+                "accuracy": rounded(accuracy_score(labels, predictions[name])),
+                "f1_macro": rounded(f1_score(labels, predictions[name], average="macro")),
+            }
+        }
+    best = max(cv_multiclass, key=lambda name: cv_multiclass[name]["cv"]["accuracy"])
+    best_predicted = predictions[best]
+    write_csv(
+        PLOTS_DIR / "multiclass_test_confusion.csv",
+        {"actual": np.array(class_names)[labels], "predicted": np.array(class_names)[best_predicted]},
+    )
+    matrix = confusion_matrix(labels, best_predicted, labels=range(len(class_names)))
+    title = f"{MulticlassModels.describe(best)} on the test set (best by CV accuracy)"
+    save_figure(figures / "multiclass_confusion_matrices.png", plot_confusion_matrices(matrix, class_names, title))
+    save_figure(
+        figures / "multiclass_misclassified.png", plot_misclassified(images, labels, best_predicted, class_names)
+    )
+
+    log("multilabel: scoring the test set")
+    knn = load_model(MODELS_DIR / "multilabel" / "knn.skops")
+    multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), knn.predict(features))}}
+
+    write_json(METRICS_DIR / "test.json", {"binary": binary, "multiclass": multiclass, "multilabel": multilabel})
+    log(f"best multiclass model: {best}, test accuracy {multiclass[best]['test']['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

@@ -1,0 +1,78 @@
+"""Metrics and curves shared by the training stages (cross-validated) and `evaluate` (test set)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+MAX_CURVE_POINTS = 500  # plenty for a smooth line; keeps the committed CSVs small
+
+
+def is_target(labels: np.ndarray, digit: int) -> np.ndarray:
+    """The binary task's labels: True where the image shows `digit`."""
+    return labels == digit
+
+
+def multilabel_targets(labels: np.ndarray) -> np.ndarray:
+    """The multilabel task's two labels per image: digit >= 7, digit is odd."""
+    return np.column_stack([labels >= 7, labels % 2 == 1])
+
+
+def rounded(value: float) -> float:
+    """Metrics are rounded so that `dvc metrics diff` shows real changes, not float noise."""
+    return round(float(value), 6)
+
+
+def binary_metrics(truth: np.ndarray, predicted: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": rounded(accuracy_score(truth, predicted)),
+        "precision": rounded(precision_score(truth, predicted, zero_division=0)),
+        "recall": rounded(recall_score(truth, predicted, zero_division=0)),
+        "f1": rounded(f1_score(truth, predicted, zero_division=0)),
+        "roc_auc": rounded(roc_auc_score(truth, scores)),
+    }
+
+
+def threshold_for_precision(truth: np.ndarray, scores: np.ndarray, target: float) -> tuple[float, float] | None:
+    """The lowest threshold whose precision reaches `target`, and the recall it leaves (None if unreachable)."""
+    precision, recall, thresholds = precision_recall_curve(truth, scores)
+    reached = np.flatnonzero(precision[:-1] >= target)
+    if len(reached) == 0:
+        return None
+    return float(thresholds[reached[0]]), float(recall[reached[0]])
+
+
+def thin(count: int) -> np.ndarray:
+    """At most MAX_CURVE_POINTS evenly spaced indices into a curve of `count` points, ends kept."""
+    return np.unique(np.linspace(0, count - 1, min(count, MAX_CURVE_POINTS)).round().astype(int))
+
+
+def precision_recall_columns(truth: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    precision, recall, thresholds = precision_recall_curve(truth, scores)
+    keep = thin(len(thresholds))
+    return {"threshold": thresholds[keep], "precision": precision[keep], "recall": recall[keep]}
+
+
+def roc_columns(truth: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    fpr, tpr, _ = roc_curve(truth, scores)
+    keep = thin(len(fpr))
+    return {"fpr": fpr[keep], "tpr": tpr[keep]}
+
+
+def multilabel_f1(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    per_label = f1_score(truth, predicted, average=None)
+    return {
+        "f1_macro": rounded(f1_score(truth, predicted, average="macro")),
+        "f1_weighted": rounded(f1_score(truth, predicted, average="weighted")),
+        "f1_large": rounded(per_label[0]),
+        "f1_odd": rounded(per_label[1]),
+        "exact_match": rounded(accuracy_score(truth, predicted)),
+    }

@@ -1,0 +1,115 @@
+"""Plotting shared by the stages: one style, byte-stable PNGs, the chapter's kinds of figure."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from common import write_bytes
+
+plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def new_figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(path: Path, figure: Any) -> None:
+    """Save a PNG without software/time metadata, so the same figure always gives the same bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None}, bbox_inches="tight")
+    plt.close(figure)
+    write_bytes(path, buffer.getvalue())
+
+
+def digit_grid(images: np.ndarray, columns: int) -> np.ndarray:
+    """Tile images into one picture, `columns` per row; blank cells pad the last row."""
+    rows = -(-len(images) // columns)
+    padded = np.zeros((rows * columns, *images.shape[1:]), dtype=images.dtype)
+    padded[: len(images)] = images
+    height, width = images.shape[1:]
+    return padded.reshape(rows, columns, height, width).swapaxes(1, 2).reshape(rows * height, columns * width)
+
+
+def plot_digit_grid(images: np.ndarray, title: str, columns: int = 10) -> Any:
+    figure, axis = new_figure(figsize=(columns * 0.6, max(1, -(-len(images) // columns)) * 0.6 + 0.4))
+    if len(images):
+        axis.imshow(digit_grid(images, columns), cmap="binary", interpolation="nearest")
+    axis.set_title(title)
+    axis.axis("off")
+    return figure
+
+
+def plot_precision_recall_vs_threshold(
+    thresholds: np.ndarray, precision: np.ndarray, recall: np.ndarray, chosen: float | None, title: str
+) -> Any:
+    figure, axis = new_figure(figsize=(6, 3.5))
+    axis.plot(thresholds, precision, "b--", label="precision")
+    axis.plot(thresholds, recall, "g-", label="recall")
+    if chosen is not None:
+        axis.axvline(chosen, color="k", linestyle=":", label=f"threshold {chosen:.4g}")
+    axis.set_xlabel("decision threshold")
+    axis.set_ylim(0, 1.02)
+    axis.set_title(title)
+    axis.legend(loc="center right")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_precision_vs_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Any:
+    """`curves` maps a label to (recall, precision)."""
+    figure, axis = new_figure(figsize=(4.5, 4))
+    for label, (recall, precision) in curves.items():
+        axis.plot(recall, precision, label=label)
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_title(title)
+    axis.legend(loc="lower left")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Any:
+    """`curves` maps a label (with its AUC) to (false positive rate, true positive rate)."""
+    figure, axis = new_figure(figsize=(4.5, 4))
+    axis.plot([0, 1], [0, 1], "k:", label="chance")
+    for label, (fpr, tpr) in curves.items():
+        axis.plot(fpr, tpr, label=label)
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate (recall)")
+    axis.set_title(title)
+    axis.legend(loc="lower right")
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: str) -> Any:
+    """The chapter's error analysis: raw counts, rows normalized, and errors only (diagonal zeroed)."""
+    normalized = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    errors = normalized.copy()
+    np.fill_diagonal(errors, 0)
+    figure, axes = new_figure(1, 3, figsize=(15, 4.8))
+    panels = [(matrix, "counts", "d"), (normalized, "share of each true class", ".0%"), (errors, "errors only", ".0%")]
+    for axis, (values, name, fmt) in zip(axes, panels, strict=True):
+        image = axis.imshow(values, cmap="Blues" if name != "errors only" else "Reds")
+        ticks = np.arange(len(class_names))
+        axis.set_xticks(ticks, class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right")
+        axis.set_yticks(ticks, class_names)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(name)
+        for row, col in np.ndindex(values.shape):
+            if values[row, col]:
+                axis.text(col, row, format(values[row, col], fmt), ha="center", va="center", fontsize=6)
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.suptitle(title)
+    return figure

@@ -1,0 +1,124 @@
+"""Stage `train_binary`: 'is it a 5?' with SGD, a dummy baseline and a random forest, cross-validated."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import SGDClassifier
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from common import (
+    FIGURES_DIR,
+    METRICS_DIR,
+    MODELS_DIR,
+    PLOTS_DIR,
+    load_class_names,
+    load_params,
+    load_split,
+    log,
+    run_stage,
+    save_model,
+    to_features,
+    write_csv,
+    write_json,
+)
+from evaluation import binary_metrics, is_target, precision_recall_columns, roc_columns, threshold_for_precision
+from figures import plot_precision_recall_vs_threshold, plot_precision_vs_recall, plot_roc, save_figure
+from schema import BinaryParams, ComputeParams
+
+
+def build_models(params: BinaryParams, n_jobs: int) -> dict[str, Any]:
+    return {
+        "sgd": SGDClassifier(
+            alpha=params.sgd.alpha, max_iter=params.sgd.max_iter, random_state=params.sgd.random_state
+        ),
+        "dummy": DummyClassifier(strategy=params.dummy.strategy, random_state=params.dummy.random_state),
+        # Out-of-bag probabilities give honest scores for the ROC curve from a single fit.
+        "forest": RandomForestClassifier(
+            n_estimators=params.forest.n_estimators,
+            max_depth=params.forest.max_depth,
+            random_state=params.forest.random_state,
+            oob_score=True,
+            n_jobs=n_jobs,
+        ),
+    }
+
+
+def out_of_sample_scores(
+    name: str, model: Any, features: np.ndarray, target: np.ndarray, folds: Any, n_jobs: int
+) -> np.ndarray:
+    """Scores for every training image from a model that did not see it (CV folds, or out-of-bag)."""
+    if name == "forest":
+        model.fit(features, target)
+        return model.oob_decision_function_[:, 1]
+    if hasattr(model, "decision_function"):
+        return cross_val_predict(model, features, target, cv=folds, method="decision_function", n_jobs=n_jobs)
+    return cross_val_predict(model, features, target, cv=folds, method="predict_proba", n_jobs=n_jobs)[:, 1]
+
+
+def decision_cutoff(name: str) -> float:
+    """Where scores turn into a 'yes': 0 for decision functions, 0.5 for probabilities."""
+    return 0.0 if name == "sgd" else 0.5
+
+
+def evaluate_scores(truth: np.ndarray, scores: np.ndarray, cutoff: float, target_precision: float) -> dict[str, Any]:
+    metrics: dict[str, Any] = binary_metrics(truth, scores > cutoff, scores)
+    reached = threshold_for_precision(truth, scores, target_precision)
+    metrics["threshold_at_target_precision"] = None if reached is None else round(reached[0], 6)
+    metrics["recall_at_target_precision"] = None if reached is None else round(reached[1], 6)
+    return metrics
+
+
+def main() -> None:
+    params = load_params("binary", BinaryParams)
+    n_jobs = load_params("compute", ComputeParams).n_jobs
+    images, labels = load_split("train")
+    class_name = load_class_names()[params.digit]
+    features, target = to_features(images), is_target(labels, params.digit)
+    folds = StratifiedKFold(n_splits=params.cv_folds)
+    log(f"'is it a {class_name}?': {target.sum()} of {len(target)} training images are positives")
+
+    metrics: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name, model in build_models(params, n_jobs).items():
+        log(f"{name}: out-of-sample scores ({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})")
+        scores[name] = out_of_sample_scores(name, model, features, target, folds, n_jobs)
+        kind = "oob" if name == "forest" else "cv"
+        metrics[name] = {kind: evaluate_scores(target, scores[name], decision_cutoff(name), params.target_precision)}
+        if name != "forest":
+            model.fit(features, target)
+        save_model(MODELS_DIR / "binary" / f"{name}.skops", model)
+        log(f"{name}: {metrics[name][kind]}")
+    write_json(METRICS_DIR / "binary_cv.json", {"binary": metrics})
+
+    curve = precision_recall_columns(target, scores["sgd"])
+    rocs = {name: roc_columns(target, scores[name]) for name in ("sgd", "forest")}
+    write_csv(PLOTS_DIR / "binary_cv_pr_sgd.csv", curve)
+    for name, roc in rocs.items():
+        write_csv(PLOTS_DIR / f"binary_cv_roc_{name}.csv", roc)
+
+    figures = FIGURES_DIR / "binary"
+    question = f"is it a {class_name}?"
+    chosen = metrics["sgd"]["cv"]["threshold_at_target_precision"]
+    save_figure(
+        figures / "cv_precision_recall_vs_threshold.png",
+        plot_precision_recall_vs_threshold(
+            curve["threshold"], curve["precision"], curve["recall"], chosen, f"SGD '{question}', cross-validated"
+        ),
+    )
+    save_figure(
+        figures / "cv_precision_vs_recall.png",
+        plot_precision_vs_recall({"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', cross-validated"),
+    )
+    labelled = {
+        f"{name} (AUC {metrics[name][kind]['roc_auc']:.3f})": (roc["fpr"], roc["tpr"])
+        for (name, roc), kind in zip(rocs.items(), ("cv", "oob"), strict=True)
+    }
+    save_figure(figures / "cv_roc.png", plot_roc(labelled, f"ROC '{question}': SGD (CV) vs forest (out-of-bag)"))
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)
