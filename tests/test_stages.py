@@ -1,0 +1,236 @@
+"""Each stage on tiny data: its pure functions, then its script in a scratch workspace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, run
+from sklearn.model_selection import StratifiedKFold
+
+import evaluation
+import figures
+import split
+import train_binary
+import train_multiclass
+from schema import BinaryParams, MulticlassParams, SplitParams
+
+STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
+
+
+def test_canonical_split_keeps_the_order_and_the_boundary():
+    images, labels = np.arange(10 * 4).reshape(10, 2, 2), np.arange(10)
+    _, test_images, train_labels, test_labels = split.split_dataset(
+        images, labels, 7, SplitParams(test_size=0.5, seed=0)
+    )
+    assert train_labels.tolist() == list(range(7)) and test_labels.tolist() == [7, 8, 9]
+    np.testing.assert_array_equal(test_images, images[7:])
+
+
+def test_random_split_is_stratified_and_seeded(sample):
+    images, labels = sample
+    params = SplitParams(test_size=0.2, seed=3)
+    first = split.split_dataset(images, labels, None, params)
+    second = split.split_dataset(images, labels, None, params)
+    assert len(first[3]) == 120 and np.bincount(first[3]).tolist() == [12] * 10
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_class_counts_name_every_class():
+    assert split.class_counts(np.array([0, 2, 2], np.uint8), ["a", "b", "c"]) == {"a": 1, "b": 0, "c": 2}
+
+
+def test_digit_grid_tiles_images_row_by_row():
+    images = np.stack([np.full((2, 2), value) for value in (1, 2, 3)])
+    grid = figures.digit_grid(images, columns=2)
+    assert grid.tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 0, 0], [3, 3, 0, 0]]
+
+
+def test_threshold_for_precision_is_the_lowest_that_reaches_it():
+    truth = np.array([0, 0, 1, 0, 1, 1])
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    # at threshold 3: 3 of 4 positive (0.75); at 5: 2 of 2 (1.0) with recall 2/3
+    assert evaluation.threshold_for_precision(truth, scores, 0.75) == (3.0, 1.0)
+    threshold, recall = evaluation.threshold_for_precision(truth, scores, 0.9)
+    assert threshold == 5.0 and recall == pytest.approx(2 / 3)
+
+
+def test_threshold_for_precision_none_when_unreachable():
+    assert evaluation.threshold_for_precision(np.array([1, 0]), np.array([0.0, 1.0]), 1.0) is None
+
+
+def test_curves_are_thinned_but_keep_their_ends():
+    keep = evaluation.thin(10_000)
+    assert len(keep) == evaluation.MAX_CURVE_POINTS and keep[0] == 0 and keep[-1] == 9_999
+    assert evaluation.thin(3).tolist() == [0, 1, 2]
+
+
+def test_multilabel_targets_are_large_and_odd():
+    targets = evaluation.multilabel_targets(np.array([0, 7, 8, 9, 3], np.uint8))
+    assert targets.tolist() == [[False, False], [True, True], [True, False], [True, True], [False, True]]
+
+
+def test_binary_scores_beat_the_dummy_on_real_digits(sample):
+    images, labels = sample
+    params = BinaryParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["binary"])
+    features, target = images.reshape(len(images), -1) / 255, labels == params.digit
+    folds = StratifiedKFold(n_splits=3)
+    results = {}
+    for name, model in train_binary.build_models(params, n_jobs=1).items():
+        scores = train_binary.out_of_sample_scores(name, model, features, target, folds, n_jobs=1)
+        assert scores.shape == (len(target),)
+        cutoff = train_binary.decision_cutoff(name)
+        results[name] = train_binary.evaluate_scores(target, scores, cutoff, params.target_precision)
+    assert results["dummy"]["accuracy"] == pytest.approx(0.9) and results["dummy"]["recall"] == 0
+    assert results["sgd"]["roc_auc"] > 0.9 and results["forest"]["roc_auc"] > 0.9
+    assert results["sgd"]["f1"] > results["dummy"]["f1"]
+
+
+def test_every_multiclass_model_learns_the_digits(sample):
+    images, labels = sample
+    params = MulticlassParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"])
+    features = images.reshape(len(images), -1).astype(np.float32) / 255
+    models = train_multiclass.build_models(params, n_jobs=1)
+    assert list(models) == ["svc_ovo", "svc_ovr", "forest", "sgd"]
+    for name, (model, _) in models.items():
+        accuracy = (model.fit(features[:500], labels[:500]).predict(features[500:]) == labels[500:]).mean()
+        assert accuracy > 0.75, name
+
+
+def test_most_confused_pair_counts_both_directions():
+    matrix = np.array([[9, 1, 0], [2, 8, 4], [0, 3, 7]])
+    assert train_multiclass.most_confused_pair(matrix) == (1, 2)
+
+
+# --- the scripts, on 600 digits in a scratch workspace --------------------------------------------
+
+
+def make_workspace(destination: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    shutil.copytree(ROOT / "stages", destination / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["binary"]["forest"]["n_estimators"] = params["multiclass"]["models"]["forest"]["n_estimators"] = 20
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    raw = destination / "data" / "raw"
+    raw.mkdir(parents=True)
+    np.save(raw / "images.npy", images)
+    np.save(raw / "labels.npy", labels)
+    (raw / "dataset.json").write_text(
+        json.dumps({"name": "tiny", "class_names": list("0123456789"), "test_start": None})
+    )
+    return destination
+
+
+def run_stage(workspace: Path, stage: str, check: bool = True):
+    return run([sys.executable, f"stages/{stage}.py"], workspace, check=check)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, sample) -> Path:
+    """A workspace where every stage after download has run on 600 digits."""
+    root = make_workspace(tmp_path_factory.mktemp("tiny"), *sample)
+    for stage in STAGES:
+        run_stage(root, stage)
+    return root
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("stage", ["download", *STAGES])
+def test_every_stage_has_help(stage):
+    result = run([sys.executable, f"stages/{stage}.py", "--help"], ROOT)
+    assert result.stdout.startswith("usage:") and "Stage `" in result.stdout
+
+
+def test_split_writes_arrays_counts_and_pictures(workspace):
+    train_images = np.load(workspace / "data/split/train_images.npy")
+    assert train_images.shape == (480, 28, 28) and train_images.dtype == np.uint8
+    assert np.load(workspace / "data/split/test_labels.npy").shape == (120,)
+    overview = read_json(workspace / "reports/data_overview.json")
+    assert overview["class_counts"]["test"] == {str(digit): 12 for digit in range(10)}
+    for name in ("first_image", "first_100_images", "class_counts"):
+        assert (workspace / f"reports/figures/data/{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
+    metrics = read_json(workspace / "reports/metrics/binary_cv.json")["binary"]
+    assert metrics["dummy"]["cv"]["accuracy"] == pytest.approx(0.9)
+    assert metrics["sgd"]["cv"]["accuracy"] > 0.9 and 0 < metrics["forest"]["oob"]["roc_auc"] <= 1
+    assert sorted(p.name for p in (workspace / "data/models/binary").iterdir()) == [
+        "dummy.skops",
+        "forest.skops",
+        "sgd.skops",
+    ]
+    header = (workspace / "reports/plots/binary_cv_pr_sgd.csv").read_text().splitlines()[0]
+    assert header == "threshold,precision,recall"
+
+
+def test_train_multiclass_cross_validates_every_model(workspace):
+    metrics = read_json(workspace / "reports/metrics/multiclass_cv.json")["multiclass"]
+    assert set(metrics) == {"svc_ovo", "svc_ovr", "forest", "sgd"}
+    assert max(m["cv"]["accuracy"] for m in metrics.values()) > 0.85
+    assert (workspace / "reports/figures/multiclass/cv_confusion_matrices.png").exists()
+
+
+def test_train_multilabel_reports_f1(workspace):
+    metrics = read_json(workspace / "reports/metrics/multilabel_cv.json")["multilabel"]["knn"]["cv"]
+    assert 0.8 < metrics["f1_macro"] <= 1 and 0.8 < metrics["f1_weighted"] <= 1
+
+
+def test_evaluate_scores_every_model_on_the_test_set(workspace):
+    metrics = read_json(workspace / "reports/metrics/test.json")
+    assert set(metrics["binary"]) == {"sgd", "dummy", "forest"}
+    assert set(metrics["multiclass"]) == {"svc_ovo", "svc_ovr", "forest", "sgd"}
+    assert metrics["multilabel"]["knn"]["test"]["f1_macro"] > 0.8
+    confusion = (workspace / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 121
+
+
+# --- bad input: a clear message naming the file or key, exit 1, nothing written -------------------
+
+
+def fresh_copy(workspace: Path, destination: Path) -> Path:
+    shutil.copytree(workspace, destination)
+    return destination
+
+
+def test_bad_param_stops_the_stage_before_it_writes(workspace, tmp_path):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "reports")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["split"]["test_size"] = 1.5
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(root, "split", check=False)
+    assert result.returncode == 1
+    assert "split.test_size = 1.5: Input should be less than 1" in result.stderr
+    assert "Traceback" not in result.stderr and not (root / "reports").exists()
+
+
+def test_truncated_data_file_is_named(workspace, tmp_path):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "reports")
+    images = root / "data/split/train_images.npy"
+    images.write_bytes(images.read_bytes()[:1000])
+    result = run_stage(root, "train_binary", check=False)
+    assert result.returncode == 1
+    assert f"{images}: not a valid .npy array file, corrupt or truncated" in result.stderr
+    assert "Traceback" not in result.stderr and not (root / "reports").exists()
+
+
+def test_tampered_model_is_refused_by_evaluate(workspace, tmp_path):
+    from test_common import tamper
+
+    root = fresh_copy(workspace, tmp_path / "ws")
+    (root / "reports/metrics/test.json").unlink()
+    model = root / "data/models/multilabel/knn.skops"
+    tamper(model, "builtins", "eval")
+    result = run_stage(root, "evaluate", check=False)
+    assert result.returncode == 1
+    assert f"{model}: refused to load, the file names untrusted types: builtins.eval" in result.stderr
+    assert not (root / "reports/metrics/test.json").exists()
