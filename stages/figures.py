@@ -107,9 +107,11 @@ def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: s
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
         axis.set_title(name)
+        dark = values.max() / 2
         for row, col in np.ndindex(values.shape):
             if values[row, col]:
-                axis.text(col, row, format(values[row, col], fmt), ha="center", va="center", fontsize=6)
+                color = "white" if values[row, col] > dark else "black"
+                axis.text(col, row, format(values[row, col], fmt), ha="center", va="center", fontsize=6, color=color)
         figure.colorbar(image, ax=axis, fraction=0.046)
     figure.suptitle(title)
     return figure

@@ -1,0 +1,175 @@
+"""End to end: the real `dvc repro` in temp copies of the repo, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, copy_repo, dvc, run, tool_env
+
+from common import load_model
+
+STAGES = ["download", "split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> Path:
+    """A fresh copy of the repo after a full `dvc repro -f`."""
+    root = copy_repo(tmp_path_factory.mktemp("repo"))
+    dvc(["repro", "-f"], root)
+    return root
+
+
+@pytest.fixture
+def scratch(reproduced, tmp_path) -> Path:
+    """A copy of the reproduced repo (with its DVC cache) that a test may change."""
+    return Path(shutil.copytree(reproduced, tmp_path / "repo", symlinks=True))
+
+
+def lock_hashes(lock: dict) -> dict[str, str]:
+    """Every path's hash in a dvc.lock, for every stage."""
+    hashes = {}
+    for stage, entry in lock["stages"].items():
+        for kind in ("deps", "outs"):
+            for item in entry.get(kind, []):
+                hashes[f"{stage}:{kind}:{item['path']}"] = item["md5"]
+    return hashes
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_a_fresh_repro_reproduces_the_committed_lock_and_reports(reproduced):
+    assert run(["git", "status", "--porcelain"], reproduced).stdout == ""
+    committed = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    assert lock_hashes(yaml.safe_load((reproduced / "dvc.lock").read_text())) == lock_hashes(committed)
+
+
+def test_a_second_repro_does_nothing(reproduced):
+    started = time.perf_counter()
+    result = dvc(["repro"], reproduced)
+    assert ran_stages(result.stdout) == [] and "up to date" in result.stdout
+    assert time.perf_counter() - started < 30  # generous: the README quotes the measured figure
+
+
+def test_metrics_cover_all_three_tasks_with_sane_values(reproduced):
+    shown = json.loads(dvc(["metrics", "show", "--json"], reproduced).stdout)
+    metrics = {}
+    for files in shown.values():
+        for data in files["data"].values():
+            metrics.update(data["data"])
+    binary = metrics["binary"]
+    assert binary["dummy"]["test"]["accuracy"] == pytest.approx(0.9)
+    assert binary["sgd"]["test"]["accuracy"] > binary["dummy"]["test"]["accuracy"]
+    assert binary["forest"]["test"]["roc_auc"] > binary["sgd"]["test"]["roc_auc"] > 0.9
+    assert max(model["test"]["accuracy"] for model in metrics["multiclass"].values()) >= 0.93
+    assert metrics["multilabel"]["knn"]["test"]["f1_macro"] > 0.9
+    assert set(metrics["multiclass"]) == {"svc_ovo", "svc_ovr", "forest", "sgd"}
+
+
+def test_plots_show_renders_curves_confusion_and_figures(reproduced, tmp_path):
+    dvc(["plots", "show", "-o", str(tmp_path / "plots")], reproduced)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    for plot_id in (
+        "binary_precision_vs_recall",
+        "binary_precision_recall_vs_threshold",
+        "binary_roc",
+        "multiclass_confusion",
+    ):
+        assert plot_id in html
+    figures = sorted(
+        str(p.relative_to(reproduced / "reports/figures")) for p in (reproduced / "reports/figures").rglob("*.png")
+    )
+    assert "test/multiclass_misclassified.png" in figures and "binary/cv_roc.png" in figures
+    assert len(figures) == 12
+
+
+def test_a_changed_param_reruns_only_the_stages_that_read_it(scratch):
+    params = yaml.safe_load((scratch / "params.yaml").read_text())
+    params["multilabel"]["knn"]["n_neighbors"] = 3
+    (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(dvc(["status", "--json"], scratch).stdout)
+    assert sorted(status) == ["train_multilabel"]
+    # evaluate follows only if the model's bytes change, which a dry run cannot know yet
+    assert ran_stages(dvc(["repro", "--dry"], scratch).stdout) == ["train_multilabel"]
+    assert ran_stages(dvc(["repro"], scratch).stdout) == ["train_multilabel", "evaluate"]
+
+
+def test_exp_run_with_one_param_reruns_only_its_stages(scratch):
+    result = dvc(["exp", "run", "-S", "binary.sgd.alpha=0.001"], scratch)
+    assert ran_stages(result.stdout) == ["train_binary", "evaluate"]
+
+
+def test_branches_with_different_params_give_a_metrics_diff(scratch):
+    run(["git", "checkout", "-q", "-b", "stronger-regularization"], scratch)
+    dvc(["exp", "run", "-S", "binary.sgd.alpha=0.01"], scratch)
+    run(["git", "commit", "-qam", "alpha 0.01"], scratch)
+    diff = json.loads(dvc(["metrics", "diff", "main", "--json"], scratch).stdout)
+    changed = {key for file in diff.values() for key in file}
+    assert "binary.sgd.test.f1" in changed and "binary.sgd.cv.accuracy" in changed
+    assert not any(key.startswith("multiclass") for key in changed)
+
+
+def test_queued_experiments_run_in_parallel_with_their_own_metrics(scratch):
+    for neighbours in (3, 7):
+        dvc(
+            ["exp", "run", "--queue", "-n", f"knn-{neighbours}", "-S", f"multilabel.knn.n_neighbors={neighbours}"],
+            scratch,
+        )
+    dvc(["queue", "start", "-j", "2"], scratch)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = dvc(["queue", "status"], scratch).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    dvc(["queue", "stop", "--kill"], scratch, check=False)
+    assert status.count("Success") == 2, status
+    shown = json.loads(dvc(["exp", "show", "--json"], scratch).stdout)
+    results = {}
+    for commit in shown:
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment["revs"]:
+                metrics = revision["data"]["metrics"]["reports/metrics/test.json"]["data"]
+                results[revision["name"]] = metrics["multilabel"]["knn"]["test"]["f1_macro"]
+    assert set(results) == {"knn-3", "knn-7"} and results["knn-3"] != results["knn-7"]
+
+
+def test_a_stage_killed_midway_recovers_to_the_clean_lock(scratch):
+    clean = (scratch / "dvc.lock").read_text()
+    models = scratch / "data/models/multiclass"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "-f", "-s", "train_multiclass"],
+        cwd=scratch,
+        env=tool_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+
+    def midway() -> bool:
+        """DVC has cleared the old outputs; the stage has written its first model, not its last."""
+        return (models / "svc_ovo.skops").exists() and not (models / "sgd.skops").exists()
+
+    while time.monotonic() < deadline and not midway():
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert midway()
+    for model in models.glob("*.skops"):
+        load_model(model)  # whatever carries an output's name is complete
+
+    result = dvc(["repro"], scratch)
+    assert "train_multiclass" in ran_stages(result.stdout)
+    assert (scratch / "dvc.lock").read_text() == clean
+    assert run(["git", "status", "--porcelain"], scratch).stdout == ""
