@@ -1,4 +1,4 @@
-"""What several stages share: errors, params, atomic writes, array/model I/O, plotting."""
+"""What several stages share: user errors, params, atomic writes, arrays and model files."""
 
 from __future__ import annotations
 
@@ -194,32 +194,9 @@ def first_n(n: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
 
 # --- models -------------------------------------------------------------------------------------
 
-# Everything the pipeline's models are made of. Loading refuses any other type.
-TRUSTED_MODEL_TYPES = [
-    "builtins.dict",
-    "builtins.list",
-    "builtins.tuple",
-    "numpy.dtype",
-    "numpy.float32",
-    "numpy.float64",
-    "numpy.int64",
-    "numpy.ndarray",
-    "numpy.random.mtrand.RandomState",
-    "sklearn.decomposition._pca.PCA",
-    "sklearn.dummy.DummyClassifier",
-    "sklearn.ensemble._forest.RandomForestClassifier",
-    "sklearn.linear_model._stochastic_gradient.SGDClassifier",
-    "sklearn.multiclass.OneVsRestClassifier",
-    "sklearn.neighbors._classification.KNeighborsClassifier",
-    "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.neighbors._ball_tree.BallTree",
-    "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._data.StandardScaler",
-    "sklearn.preprocessing._label.LabelBinarizer",
-    "sklearn.svm._classes.SVC",
-    "sklearn.tree._classes.DecisionTreeClassifier",
-    "sklearn.tree._tree.Tree",
-]
+# skops trusts scikit-learn's estimators and numpy's arrays by default. These are the only other types the
+# pipeline's models contain; a file naming anything else is refused.
+TRUSTED_MODEL_TYPES = ["sklearn.tree._tree.Tree"]
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 

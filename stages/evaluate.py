@@ -33,7 +33,7 @@ from evaluation import (
     roc_columns,
     rounded,
 )
-from figures import new_figure, plot_confusion_matrices, plot_precision_vs_recall, plot_roc, save_figure
+from figures import new_figure, plot_confusion_matrices, plot_curves, save_figure
 from schema import BinaryParams, MulticlassModels
 
 BINARY_MODELS = ("sgd", "dummy", "forest")
@@ -94,10 +94,10 @@ def main() -> None:
     question = f"is it a {class_names[binary_params.digit]}?"
     save_figure(
         figures / "binary_precision_vs_recall.png",
-        plot_precision_vs_recall({"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', test set"),
+        plot_curves("precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', test set"),
     )
     labelled = {f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})": (r["fpr"], r["tpr"]) for name, r in rocs.items()}
-    save_figure(figures / "binary_roc.png", plot_roc(labelled, f"ROC '{question}', test set"))
+    save_figure(figures / "binary_roc.png", plot_curves("roc", labelled, f"ROC '{question}', test set"))
 
     log("multiclass: scoring the test set")
     cv_multiclass = read_json(METRICS_DIR / "multiclass_cv.json")["multiclass"]

@@ -63,31 +63,26 @@ def plot_precision_recall_vs_threshold(
     return figure
 
 
-def plot_precision_vs_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Any:
-    """`curves` maps a label to (recall, precision)."""
+CURVE_AXES = {
+    "precision_recall": ("recall", "precision", "lower left"),
+    "roc": ("false positive rate", "true positive rate (recall)", "lower right"),
+}
+
+
+def plot_curves(kind: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Any:
+    """Precision-recall or ROC curves on one chart; `curves` maps a legend label to (x, y)."""
+    xlabel, ylabel, legend_place = CURVE_AXES[kind]
     figure, axis = new_figure(figsize=(4.5, 4))
-    for label, (recall, precision) in curves.items():
-        axis.plot(recall, precision, label=label)
-    axis.set_xlabel("recall")
-    axis.set_ylabel("precision")
+    if kind == "roc":
+        axis.plot([0, 1], [0, 1], "k:", label="chance")
+    for label, (x, y) in curves.items():
+        axis.plot(x, y, label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1.02)
     axis.set_title(title)
-    axis.legend(loc="lower left")
-    axis.grid(alpha=0.3)
-    return figure
-
-
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Any:
-    """`curves` maps a label (with its AUC) to (false positive rate, true positive rate)."""
-    figure, axis = new_figure(figsize=(4.5, 4))
-    axis.plot([0, 1], [0, 1], "k:", label="chance")
-    for label, (fpr, tpr) in curves.items():
-        axis.plot(fpr, tpr, label=label)
-    axis.set_xlabel("false positive rate")
-    axis.set_ylabel("true positive rate (recall)")
-    axis.set_title(title)
-    axis.legend(loc="lower right")
+    axis.legend(loc=legend_place)
     axis.grid(alpha=0.3)
     return figure
 

@@ -26,7 +26,7 @@ from common import (
     write_json,
 )
 from evaluation import binary_metrics, is_target, precision_recall_columns, roc_columns, threshold_for_precision
-from figures import plot_precision_recall_vs_threshold, plot_precision_vs_recall, plot_roc, save_figure
+from figures import plot_curves, plot_precision_recall_vs_threshold, save_figure
 from schema import BinaryParams, ComputeParams
 
 
@@ -111,13 +111,17 @@ def main() -> None:
     )
     save_figure(
         figures / "cv_precision_vs_recall.png",
-        plot_precision_vs_recall({"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', cross-validated"),
+        plot_curves(
+            "precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', cross-validated"
+        ),
     )
     labelled = {
         f"{name} (AUC {metrics[name][kind]['roc_auc']:.3f})": (roc["fpr"], roc["tpr"])
         for (name, roc), kind in zip(rocs.items(), ("cv", "oob"), strict=True)
     }
-    save_figure(figures / "cv_roc.png", plot_roc(labelled, f"ROC '{question}': SGD (CV) vs forest (out-of-bag)"))
+    save_figure(
+        figures / "cv_roc.png", plot_curves("roc", labelled, f"ROC '{question}': SGD (CV) vs forest (out-of-bag)")
+    )
 
 
 if __name__ == "__main__":
