@@ -29,11 +29,10 @@ from evaluation import (
     is_target,
     multilabel_f1,
     multilabel_targets,
-    precision_recall_columns,
-    roc_columns,
     rounded,
+    write_binary_curves,
 )
-from figures import new_figure, plot_confusion_matrices, plot_curves, save_figure
+from figures import new_figure, plot_confusion_matrices, save_figure
 from schema import BinaryParams, MulticlassModels
 
 BINARY_MODELS = ("sgd", "dummy", "forest")
@@ -86,18 +85,9 @@ def main() -> None:
     cv_binary = read_json(METRICS_DIR / "binary_cv.json")["binary"]
     target = is_target(labels, binary_params.digit)
     binary, scores = evaluate_binary(features, target, cv_binary["sgd"]["cv"]["threshold_at_target_precision"])
-    curve = precision_recall_columns(target, scores["sgd"])
-    rocs = {name: roc_columns(target, scores[name]) for name in ("sgd", "forest")}
-    write_csv(PLOTS_DIR / "binary_test_pr_sgd.csv", curve)
-    for name, roc in rocs.items():
-        write_csv(PLOTS_DIR / f"binary_test_roc_{name}.csv", roc)
-    question = f"is it a {class_names[binary_params.digit]}?"
-    save_figure(
-        figures / "binary_precision_vs_recall.png",
-        plot_curves("precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', test set"),
-    )
-    labelled = {f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})": (r["fpr"], r["tpr"]) for name, r in rocs.items()}
-    save_figure(figures / "binary_roc.png", plot_curves("roc", labelled, f"ROC '{question}', test set"))
+    legends = {name: f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})" for name in ("sgd", "forest")}
+    question = f"'is it a {class_names[binary_params.digit]}?'"
+    write_binary_curves(target, scores, legends, "test", figures / "binary_", f"{question}, test set")
 
     log("multiclass: scoring the test set")
     cv_multiclass = read_json(METRICS_DIR / "multiclass_cv.json")["multiclass"]

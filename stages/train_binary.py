@@ -14,7 +14,6 @@ from common import (
     FIGURES_DIR,
     METRICS_DIR,
     MODELS_DIR,
-    PLOTS_DIR,
     load_class_names,
     load_params,
     load_split,
@@ -22,11 +21,10 @@ from common import (
     run_stage,
     save_model,
     to_features,
-    write_csv,
     write_json,
 )
-from evaluation import binary_metrics, is_target, precision_recall_columns, roc_columns, threshold_for_precision
-from figures import plot_curves, plot_precision_recall_vs_threshold, save_figure
+from evaluation import binary_metrics, is_target, threshold_for_precision, write_binary_curves
+from figures import plot_precision_recall_vs_threshold, save_figure
 from schema import BinaryParams, ComputeParams
 
 
@@ -94,33 +92,20 @@ def main() -> None:
         log(f"{name}: {metrics[name][kind]}")
     write_json(METRICS_DIR / "binary_cv.json", {"binary": metrics})
 
-    curve = precision_recall_columns(target, scores["sgd"])
-    rocs = {name: roc_columns(target, scores[name]) for name in ("sgd", "forest")}
-    write_csv(PLOTS_DIR / "binary_cv_pr_sgd.csv", curve)
-    for name, roc in rocs.items():
-        write_csv(PLOTS_DIR / f"binary_cv_roc_{name}.csv", roc)
-
+    question = f"'is it a {class_name}?'"
+    legends = {"sgd": "SGD, cross-validated", "forest": "forest, out-of-bag"}
+    legends = {
+        name: f"{legend} (AUC {metrics[name][kind]['roc_auc']:.3f})"
+        for (name, legend), kind in zip(legends.items(), ("cv", "oob"), strict=True)
+    }
     figures = FIGURES_DIR / "binary"
-    question = f"is it a {class_name}?"
+    curve = write_binary_curves(target, scores, legends, "cv", figures / "cv_", f"{question}, training set")
     chosen = metrics["sgd"]["cv"]["threshold_at_target_precision"]
     save_figure(
         figures / "cv_precision_recall_vs_threshold.png",
         plot_precision_recall_vs_threshold(
-            curve["threshold"], curve["precision"], curve["recall"], chosen, f"SGD '{question}', cross-validated"
+            curve["threshold"], curve["precision"], curve["recall"], chosen, f"SGD {question}, cross-validated"
         ),
-    )
-    save_figure(
-        figures / "cv_precision_vs_recall.png",
-        plot_curves(
-            "precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD '{question}', cross-validated"
-        ),
-    )
-    labelled = {
-        f"{name} (AUC {metrics[name][kind]['roc_auc']:.3f})": (roc["fpr"], roc["tpr"])
-        for (name, roc), kind in zip(rocs.items(), ("cv", "oob"), strict=True)
-    }
-    save_figure(
-        figures / "cv_roc.png", plot_curves("roc", labelled, f"ROC '{question}': SGD (CV) vs forest (out-of-bag)")
     )
 
 
