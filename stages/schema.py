@@ -1,4 +1,7 @@
-"""The schema of params.yaml: one model per section, unknown keys refused."""
+"""The schema of params.yaml: one model per section, unknown keys refused.
+
+Model sections use the estimator's own argument names, so a section is passed on as keyword arguments.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ class ComputeParams(Params):
 class SGDParams(Params):
     alpha: float = Field(gt=0)
     max_iter: int = Field(ge=1)
+    early_stopping: bool
     random_state: int = Field(ge=0)
 
 

@@ -30,18 +30,10 @@ from schema import BinaryParams, ComputeParams
 
 def build_models(params: BinaryParams, n_jobs: int) -> dict[str, Any]:
     return {
-        "sgd": SGDClassifier(
-            alpha=params.sgd.alpha, max_iter=params.sgd.max_iter, random_state=params.sgd.random_state
-        ),
-        "dummy": DummyClassifier(strategy=params.dummy.strategy, random_state=params.dummy.random_state),
+        "sgd": SGDClassifier(**params.sgd.model_dump()),
+        "dummy": DummyClassifier(**params.dummy.model_dump()),
         # Out-of-bag probabilities give honest scores for the ROC curve from a single fit.
-        "forest": RandomForestClassifier(
-            n_estimators=params.forest.n_estimators,
-            max_depth=params.forest.max_depth,
-            random_state=params.forest.random_state,
-            oob_score=True,
-            n_jobs=n_jobs,
-        ),
+        "forest": RandomForestClassifier(**params.forest.model_dump(), oob_score=True, n_jobs=n_jobs),
     }
 
 

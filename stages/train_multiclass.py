@@ -53,18 +53,12 @@ def build_models(params: MulticlassParams, n_jobs: int) -> dict[str, tuple[Any, 
     if chosen.svc_ovr is not None:
         models["svc_ovr"] = (svc_pipeline(chosen.svc_ovr, True, n_jobs), chosen.svc_ovr.max_train_samples)
     if chosen.forest is not None:
-        forest = chosen.forest
-        model = RandomForestClassifier(
-            n_estimators=forest.n_estimators,
-            max_depth=forest.max_depth,
-            random_state=forest.random_state,
-            n_jobs=n_jobs,
-        )
-        models["forest"] = (model, None)
+        models["forest"] = (RandomForestClassifier(**chosen.forest.model_dump(), n_jobs=n_jobs), None)
     if chosen.sgd is not None:
-        sgd = chosen.sgd
-        classifier = SGDClassifier(alpha=sgd.alpha, max_iter=sgd.max_iter, random_state=sgd.random_state, n_jobs=n_jobs)
-        steps = [("scale", StandardScaler()), ("sgd", classifier)] if sgd.standardize else [("sgd", classifier)]
+        classifier = SGDClassifier(**chosen.sgd.model_dump(exclude={"standardize"}), n_jobs=n_jobs)
+        steps = [("sgd", classifier)]
+        if chosen.sgd.standardize:
+            steps.insert(0, ("scale", StandardScaler()))
         models["sgd"] = (Pipeline(steps), None)
     return models
 

@@ -1,0 +1,400 @@
+"""Downloads: sources in order, verified files, timeouts, the cache; a local HTTP server stands in for mirrors."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import re
+import shutil
+import socket
+import struct
+import sys
+import threading
+import urllib.error
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT, run
+
+import datasets
+import fetch
+from common import UserError
+from fetch import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, IdxDataset, OpenML
+
+N_TRAIN = 20
+TEST_IMAGES = TEST_FILES[0]
+HANG = object()  # a route whose request is never answered
+
+
+def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
+    magic = magic if magic is not None else (0x803 if array.ndim == 3 else 0x801)
+    return struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.tobytes()
+
+
+def gz(content: bytes, level: int = 9) -> bytes:
+    return gzip.compress(content, compresslevel=level, mtime=0)
+
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (N_TRAIN + 10, 28, 28), dtype=np.uint8)
+LABELS = (np.arange(N_TRAIN + 10) % 10).astype(np.uint8)
+CONTENT = {
+    TRAIN_FILES[0]: idx_bytes(IMAGES[:N_TRAIN]),
+    TRAIN_FILES[1]: idx_bytes(LABELS[:N_TRAIN]),
+    TEST_FILES[0]: idx_bytes(IMAGES[N_TRAIN:]),
+    TEST_FILES[1]: idx_bytes(LABELS[N_TRAIN:]),
+}
+FILES = {name: gz(content) for name, content in CONTENT.items()}
+# Images are known by their content, labels by their .gz bytes: both kinds of digest get exercised.
+TINY = IdxDataset(
+    name="tiny",
+    digests={
+        name: Digests(content_sha256=(hashlib.sha256(CONTENT[name]).hexdigest(),))
+        if name in fetch.IMAGE_FILES
+        else Digests(gz_md5=(hashlib.md5(FILES[name]).hexdigest(),))
+        for name in IDX_FILES
+    },
+    mirrors=(),
+)
+
+
+# --- a mirror on 127.0.0.1 ----------------------------------------------------------------------
+
+
+class MirrorServer(ThreadingHTTPServer):
+    """Serves `routes` (path -> body, (body, announced length) or HANG) and records every request."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), MirrorHandler)
+        self.routes: dict[str, object] = {}
+        self.requests: list[str] = []
+        self.release = threading.Event()
+
+    def publish(self, folder: str, files: Mapping[str, object]) -> str:
+        self.routes.update({f"/{folder}/{name}": body for name, body in files.items()})
+        return f"http://127.0.0.1:{self.server_port}/{folder}/"
+
+
+class MirrorHandler(BaseHTTPRequestHandler):
+    server: MirrorServer
+
+    def do_GET(self) -> None:
+        self.server.requests.append(self.path)
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+        elif route is HANG:
+            self.server.release.wait()
+        else:
+            body, announced = route if isinstance(route, tuple) else (route, len(route))
+            self.send_response(200)
+            self.send_header("Content-Length", str(announced))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[MirrorServer]:
+    mirror = MirrorServer()
+    # a short poll interval: shutdown() waits for it
+    threading.Thread(target=mirror.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    yield mirror
+    mirror.release.set()
+    mirror.shutdown()
+    mirror.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny dataset in the registry, and failures that take half a second, not minutes."""
+    entry = datasets.idx_entry("tiny", datasets.DIGITS, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), TINY)
+    monkeypatch.setitem(datasets.DATASETS, "tiny", entry)
+    monkeypatch.setattr(fetch, "TIMEOUT", 0.5)
+    monkeypatch.setattr(fetch, "BACKOFF", 0.0)
+
+
+def load(cache: Path, *mirrors: str) -> datasets.Dataset:
+    dataset = datasets.DATASETS["tiny"].load(datasets.DataSource(mirrors=mirrors, cache_dir=cache))
+    datasets.verify("tiny", dataset)
+    return dataset
+
+
+def failed_sources(cache: Path, *mirrors: str) -> list[str]:
+    """The per-source lines of the message when no source can provide the dataset."""
+    with pytest.raises(UserError) as error:
+        load(cache, *mirrors)
+    return [line.removeprefix("  - ") for line in str(error.value).splitlines() if line.startswith("  - ")]
+
+
+def cached_names(cache: Path) -> list[str]:
+    """Every file in the dataset's cache folder, temporary ones included."""
+    return sorted(path.name for path in (cache / "tiny").iterdir())
+
+
+# --- success --------------------------------------------------------------------------------------
+
+
+def test_loads_every_file_from_a_mirror_train_first(server, cache):
+    url = server.publish("good", FILES)
+    dataset = load(cache, url)
+    np.testing.assert_array_equal(dataset.images, IMAGES)
+    np.testing.assert_array_equal(dataset.labels, LABELS)
+    assert dataset.test_start == N_TRAIN
+    assert server.requests == [f"/good/{name}" for name in IDX_FILES]
+    assert cached_names(cache) == sorted(IDX_FILES)
+
+
+def test_a_missing_file_moves_on_to_the_next_mirror_for_the_rest(server, cache):
+    partial = server.publish("partial", {name: FILES[name] for name in TRAIN_FILES})
+    full = server.publish("full", FILES)
+    load(cache, partial, full)
+    assert server.requests == [
+        *(f"/partial/{name}" for name in (*TRAIN_FILES, TEST_IMAGES)),
+        *(f"/full/{name}" for name in TEST_FILES),
+    ]
+
+
+def test_a_recompressed_copy_passes_on_its_content_digest(server, cache):
+    recompressed = {**FILES, TRAIN_FILES[0]: gz(CONTENT[TRAIN_FILES[0]], level=1)}
+    assert recompressed[TRAIN_FILES[0]] != FILES[TRAIN_FILES[0]]
+    load(cache, server.publish("recompressed", recompressed))
+
+
+@pytest.mark.parametrize("as_url", [True, False], ids=["file-url", "folder"])
+def test_a_local_folder_is_a_mirror(tmp_path, cache, as_url):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name, data in FILES.items():
+        (folder / name).write_bytes(data)
+    load(cache, folder.as_uri() if as_url else str(folder))
+    assert cached_names(cache) == sorted(IDX_FILES)
+
+
+# --- the cache --------------------------------------------------------------------------------------
+
+
+def test_verified_cached_files_are_used_without_a_request(server, cache):
+    url = server.publish("good", FILES)
+    load(cache, url)
+    requests = len(server.requests)
+    load(cache, url)
+    load(cache)
+    assert len(server.requests) == requests
+
+
+def test_a_cached_file_that_fails_verification_is_fetched_again(server, cache):
+    url = server.publish("good", FILES)
+    load(cache, url)
+    (cache / "tiny" / TRAIN_FILES[1]).write_bytes(b"not what was downloaded")
+    server.requests.clear()
+    load(cache, url)
+    assert server.requests == [f"/good/{TRAIN_FILES[1]}"]
+    assert (cache / "tiny" / TRAIN_FILES[1]).read_bytes() == FILES[TRAIN_FILES[1]]
+
+
+# --- failures: each source and why, nothing partial left behind ----------------------------------
+
+
+def expected_sha256(name: str) -> str:
+    return TINY.digests[name].content_sha256[0]
+
+
+OTHER_TEST_IMAGES = gz(idx_bytes(255 - IMAGES[N_TRAIN:]))
+WRONG_MAGIC = gz(idx_bytes(IMAGES[N_TRAIN:], magic=0x804))
+TRUNCATED = FILES[TEST_IMAGES][: len(FILES[TEST_IMAGES]) // 2]
+FULL_SIZE = len(FILES[TEST_IMAGES])
+
+FAILURES = {
+    "404": (None, "HTTP 404 Not Found", 1),
+    "checksum": (
+        OTHER_TEST_IMAGES,
+        f"checksum mismatch: expected content sha256 {expected_sha256(TEST_IMAGES)}; "
+        f"got content sha256 {hashlib.sha256(gzip.decompress(OTHER_TEST_IMAGES)).hexdigest()}, "
+        f".gz md5 {hashlib.md5(OTHER_TEST_IMAGES).hexdigest()}",
+        1,
+    ),
+    "truncated-gzip": (TRUNCATED, "truncated gzip (the file ends before its end-of-stream marker)", 1),
+    "wrong-magic": (WRONG_MAGIC, "wrong IDX magic 0x00000804 (expected 0x00000803 for images)", 1),
+    "cut-connection": (
+        (TRUNCATED, FULL_SIZE),
+        f"connection closed after {len(TRUNCATED):,} of {FULL_SIZE:,} bytes (3 attempts)",
+        3,
+    ),
+    "hang": (HANG, "timed out after 0.5 s (3 attempts)", 3),
+}
+
+
+@pytest.mark.parametrize(("route", "reason", "attempts"), FAILURES.values(), ids=FAILURES.keys())
+def test_a_bad_file_names_the_source_and_the_reason_and_leaves_no_partial_file(server, cache, route, reason, attempts):
+    files = {**FILES, TEST_IMAGES: route}
+    if route is None:
+        del files[TEST_IMAGES]
+    url = server.publish("bad", files)
+    assert failed_sources(cache, url) == [f"{url}: {TEST_IMAGES}: {reason}"]
+    assert server.requests.count(f"/bad/{TEST_IMAGES}") == attempts
+    # the verified training files stay cached; the bad file left nothing, not even a temporary file
+    assert cached_names(cache) == sorted(TRAIN_FILES)
+
+
+def test_a_label_file_known_by_its_gz_digest_refuses_a_recompressed_copy(server, cache):
+    name = TRAIN_FILES[1]
+    recompressed = gzip.compress(CONTENT[name], mtime=1)  # same content, other .gz bytes
+    url = server.publish("bad", {**FILES, name: recompressed})
+    got_sha256 = hashlib.sha256(CONTENT[name]).hexdigest()
+    got_md5 = hashlib.md5(recompressed).hexdigest()
+    assert failed_sources(cache, url) == [
+        f"{url}: {name}: checksum mismatch: expected .gz md5 {TINY.digests[name].gz_md5[0]}; "
+        f"got content sha256 {got_sha256}, .gz md5 {got_md5}"
+    ]
+
+
+def test_every_source_is_listed_with_what_to_do(server, tmp_path, cache):
+    empty = server.publish("empty", {})
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(UserError) as error:
+        load(cache, empty, missing, "ftp://example.org/mnist")
+    assert str(error.value) == (
+        "dataset 'tiny': no source could provide it. Tried:\n"
+        f"  - {empty}: train-images-idx3-ubyte.gz: HTTP 404 Not Found\n"
+        f"  - {missing}: train-images-idx3-ubyte.gz: file not found\n"
+        "  - ftp://example.org/mnist: unsupported URL scheme 'ftp' (use https://, http://, file:// or a folder)\n"
+        "To fix: set data.mirrors in params.yaml to a folder (or URL) holding train-images-idx3-ubyte.gz, "
+        "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; "
+        "or use data.dataset: mnist-sample, which needs no download"
+    )
+    assert cached_names(cache) == []
+
+
+# --- OpenML, the last resort --------------------------------------------------------------------------
+
+OPENML = OpenML(name="tiny_784", version=1, n_train=N_TRAIN)
+
+
+@pytest.fixture
+def openml_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The tiny dataset with an OpenML copy; the copy is served by a stand-in for fetch_openml."""
+    idx = dataclasses.replace(TINY, openml=OPENML)
+    entry = datasets.idx_entry("tiny", datasets.DIGITS, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), idx)
+    monkeypatch.setitem(datasets.DATASETS, "tiny", entry)
+    calls: list[dict] = []
+
+    def fetch_openml(name: str, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+        calls.append({"name": name, **kwargs})
+        return IMAGES.reshape(len(IMAGES), -1).astype(np.float64), LABELS.astype(str).astype(object)
+
+    monkeypatch.setattr("sklearn.datasets.fetch_openml", fetch_openml)
+    return calls
+
+
+def test_openml_is_tried_after_every_mirror(server, cache, openml_calls):
+    dataset = load(cache, server.publish("empty", {}))
+    assert dataset.test_start == N_TRAIN
+    np.testing.assert_array_equal(dataset.images, IMAGES)
+    [call] = openml_calls
+    assert (call["name"], call["version"], call["data_home"]) == ("tiny_784", 1, cache / "openml")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (urllib.error.URLError(ConnectionRefusedError(111, "refused")), "connection refused"),
+        (
+            ValueError("The md5 checksum of the file does not match"),
+            "ValueError: The md5 checksum of the file does not match",
+        ),
+    ],
+    ids=["network", "checksum"],
+)
+def test_an_openml_failure_is_listed_last(server, cache, openml_calls, monkeypatch, error, reason):
+    def failing(name: str, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("sklearn.datasets.fetch_openml", failing)
+    empty = server.publish("empty", {})
+    assert failed_sources(cache, empty) == [
+        f"{empty}: {TRAIN_FILES[0]}: HTTP 404 Not Found",
+        f"OpenML tiny_784 (version 1): {reason}",
+    ]
+
+
+# --- the IDX reader --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "images", "message"),
+    [
+        (b"\x00\x00\x08", False, "too short for an IDX labels header (3 bytes)"),
+        (idx_bytes(LABELS, magic=0x803), False, "wrong IDX magic 0x00000803 (expected 0x00000801 for labels)"),
+        (idx_bytes(np.zeros((2, 28, 27), np.uint8)), True, "images are 28x27, expected 28x28"),
+        (idx_bytes(IMAGES[:2]) + b"\x00", True, "1,585 bytes, but its header announces 2 images (1,584 bytes)"),
+        (idx_bytes(LABELS)[:-1], False, "37 bytes, but its header announces 30 labels (38 bytes)"),
+        (idx_bytes(np.array([3, 10], np.uint8)), False, "label 10 out of range 0..9"),
+    ],
+    ids=["short-header", "magic", "dimensions", "extra-byte", "missing-byte", "label-range"],
+)
+def test_the_idx_reader_refuses_what_does_not_match_its_header(content, images, message):
+    with pytest.raises(fetch.SourceError, match=f"^{re.escape(message)}$"):
+        fetch.parse_idx(content, images, n_classes=10)
+
+
+def test_images_and_labels_counts_must_agree(tmp_path):
+    arrays = {name: fetch.parse_idx(CONTENT[name], name in fetch.IMAGE_FILES, 10) for name in IDX_FILES}
+    arrays[TRAIN_FILES[1]] = arrays[TRAIN_FILES[1]][:-1]
+    with pytest.raises(UserError) as error:
+        fetch.assemble(arrays, tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / TRAIN_FILES[0]} holds 20 images but {tmp_path / TRAIN_FILES[1]} 19 labels"
+    )
+
+
+# --- the stage, when no source is reachable -----------------------------------------------------
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_download_stage_exits_1_listing_every_source_and_writes_nothing(tmp_path):
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"] = {"dataset": "mnist", "mirrors": [str(empty)]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cache = tmp_path / "cache"
+    with refusing_port() as port:
+        # every request goes to a proxy that refuses it: the built-in mirrors and OpenML fail at once, offline
+        proxy = f"http://127.0.0.1:{port}"
+        proxies = {f"{scheme}_proxy": proxy for scheme in ("http", "https")} | {"no_proxy": ""}
+        env = proxies | {key.upper(): value for key, value in proxies.items()}
+        result = run([sys.executable, "stages/download.py"], root, check=False, MNIST_DVC_CACHE=str(cache), **env)
+    assert result.returncode == 1, result.stderr
+    sources = [f"{empty}: {TRAIN_FILES[0]}: file not found"]
+    sources += [f"{mirror}: {TRAIN_FILES[0]}: connection refused" for mirror in datasets.MNIST.mirrors]
+    sources += ["OpenML mnist_784 (version 1): connection refused"]
+    assert [line for line in result.stderr.splitlines() if line.startswith("  - ")] == [f"  - {s}" for s in sources]
+    assert "error: dataset 'mnist': no source could provide it" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (root / "data").exists()
+    assert [path for path in cache.rglob("*") if path.is_file()] == []
