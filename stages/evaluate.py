@@ -13,6 +13,7 @@ from common import (
     MODELS_DIR,
     PLOTS_DIR,
     UserError,
+    json_value,
     load_class_names,
     load_model,
     load_params,
@@ -25,31 +26,27 @@ from common import (
     write_json,
 )
 from evaluation import (
+    best_model,
     binary_metrics,
     is_target,
     multilabel_f1,
     multilabel_targets,
+    positive_scores,
     rounded,
-    write_binary_curves,
 )
-from figures import new_figure, plot_confusion_matrices, save_figure
+from figures import new_figure, plot_confusion_matrices, save_figure, write_binary_curves
 from schema import BinaryParams, MulticlassModels
 
 BINARY_MODELS = ("sgd", "dummy", "forest")
 MISCLASSIFIED_SHOWN = 40
 
 
-def positive_scores(model: Any, features: np.ndarray) -> np.ndarray:
-    if hasattr(model, "decision_function"):
-        return model.decision_function(features)
-    return model.predict_proba(features)[:, 1]
-
-
-def evaluate_binary(features: np.ndarray, target: np.ndarray, cv_threshold: float | None) -> tuple[dict, dict]:
+def evaluate_binary(
+    models: dict[str, Any], features: np.ndarray, target: np.ndarray, cv_threshold: float | None
+) -> tuple[dict, dict]:
     metrics: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
-    for name in BINARY_MODELS:
-        model = load_model(MODELS_DIR / "binary" / f"{name}.skops")
+    for name, model in models.items():
         scores[name] = positive_scores(model, features)
         metrics[name] = {"test": binary_metrics(target, model.predict(features), scores[name])}
     if cv_threshold is not None:
@@ -74,50 +71,65 @@ def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndar
     return figure
 
 
+def read_cv_results() -> tuple[float | None, dict[str, float]]:
+    """SGD's threshold chosen on the training folds, and each multiclass model's CV accuracy."""
+    binary_path, multiclass_path = METRICS_DIR / "binary_cv.json", METRICS_DIR / "multiclass_cv.json"
+    binary = read_json(binary_path)
+    threshold = json_value(binary_path, binary, "binary", "sgd", "cv", "threshold_at_target_precision")
+    multiclass = read_json(multiclass_path)
+    names = json_value(multiclass_path, multiclass, "multiclass")
+    unknown = set(names) - set(MulticlassModels.model_fields) if isinstance(names, dict) else {"(not a mapping)"}
+    if not names or unknown:
+        raise UserError(
+            f"{multiclass_path}: expected CV results of the models {', '.join(MulticlassModels.model_fields)}"
+        )
+    accuracy = {name: json_value(multiclass_path, multiclass, "multiclass", name, "cv", "accuracy") for name in names}
+    return threshold, accuracy
+
+
 def main() -> None:
     binary_params = load_params("binary", BinaryParams)
     images, labels = load_split("test")
     class_names = load_class_names()
     features = to_features(images)
+    cv_threshold, cv_accuracy = read_cv_results()
+    # Every model is loaded (and checked) before anything is written.
+    binary_models = {name: load_model(MODELS_DIR / "binary" / f"{name}.skops") for name in BINARY_MODELS}
+    multiclass_models = {name: load_model(MODELS_DIR / "multiclass" / f"{name}.skops") for name in cv_accuracy}
+    knn = load_model(MODELS_DIR / "multilabel" / "knn.skops")
     figures = FIGURES_DIR / "test"
 
     log("binary: scoring the test set")
-    cv_binary = read_json(METRICS_DIR / "binary_cv.json")["binary"]
     target = is_target(labels, binary_params.digit)
-    binary, scores = evaluate_binary(features, target, cv_binary["sgd"]["cv"]["threshold_at_target_precision"])
+    binary, scores = evaluate_binary(binary_models, features, target, cv_threshold)
     legends = {name: f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})" for name in ("sgd", "forest")}
     question = f"'is it a {class_names[binary_params.digit]}?'"
     write_binary_curves(target, scores, legends, "test", figures / "binary_", f"{question}, test set")
 
     log("multiclass: scoring the test set")
-    cv_multiclass = read_json(METRICS_DIR / "multiclass_cv.json")["multiclass"]
-    multiclass: dict[str, Any] = {}
-    predictions: dict[str, np.ndarray] = {}
-    for name in cv_multiclass:
-        if name not in MulticlassModels.model_fields:
-            raise UserError(f"{METRICS_DIR / 'multiclass_cv.json'}: unknown model '{name}'")
-        predictions[name] = load_model(MODELS_DIR / "multiclass" / f"{name}.skops").predict(features)
-        multiclass[name] = {
+    predictions = {name: model.predict(features) for name, model in multiclass_models.items()}
+    multiclass = {
+        name: {
             "test": {
-                "accuracy": rounded(accuracy_score(labels, predictions[name])),
-                "f1_macro": rounded(f1_score(labels, predictions[name], average="macro")),
+                "accuracy": rounded(accuracy_score(labels, predicted)),
+                "f1_macro": rounded(f1_score(labels, predicted, average="macro")),
             }
         }
-    best = max(cv_multiclass, key=lambda name: cv_multiclass[name]["cv"]["accuracy"])
-    best_predicted = predictions[best]
+        for name, predicted in predictions.items()
+    }
+    best = best_model(cv_accuracy)
     write_csv(
         PLOTS_DIR / "multiclass_test_confusion.csv",
-        {"actual": np.array(class_names)[labels], "predicted": np.array(class_names)[best_predicted]},
+        {"actual": np.array(class_names)[labels], "predicted": np.array(class_names)[predictions[best]]},
     )
-    matrix = confusion_matrix(labels, best_predicted, labels=range(len(class_names)))
+    matrix = confusion_matrix(labels, predictions[best], labels=range(len(class_names)))
     title = f"{MulticlassModels.describe(best)} on the test set (best by CV accuracy)"
     save_figure(figures / "multiclass_confusion_matrices.png", plot_confusion_matrices(matrix, class_names, title))
     save_figure(
-        figures / "multiclass_misclassified.png", plot_misclassified(images, labels, best_predicted, class_names)
+        figures / "multiclass_misclassified.png", plot_misclassified(images, labels, predictions[best], class_names)
     )
 
     log("multilabel: scoring the test set")
-    knn = load_model(MODELS_DIR / "multilabel" / "knn.skops")
     multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), knn.predict(features))}}
 
     write_json(METRICS_DIR / "test.json", {"binary": binary, "multiclass": multiclass, "multilabel": multilabel})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import (
@@ -14,9 +14,6 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
-
-from common import PLOTS_DIR, write_csv
-from figures import plot_curves, save_figure
 
 MAX_CURVE_POINTS = 500  # plenty for a smooth line; keeps the committed CSVs small
 
@@ -34,6 +31,26 @@ def multilabel_targets(labels: np.ndarray) -> np.ndarray:
 def rounded(value: float) -> float:
     """Metrics are rounded so that `dvc metrics diff` shows real changes, not float noise."""
     return round(float(value), 6)
+
+
+def score_method(model: Any) -> str:
+    """How a binary model scores its 'yes': a decision function where it has one, else probabilities."""
+    return "decision_function" if hasattr(model, "decision_function") else "predict_proba"
+
+
+def decision_cutoff(model: Any) -> float:
+    """The score where the model's prediction turns to 'yes'."""
+    return 0.0 if score_method(model) == "decision_function" else 0.5
+
+
+def positive_scores(model: Any, features: np.ndarray) -> np.ndarray:
+    scores = getattr(model, score_method(model))(features)
+    return scores if scores.ndim == 1 else scores[:, 1]
+
+
+def best_model(cv_accuracy: dict[str, float]) -> str:
+    """The multiclass model with the highest cross-validated accuracy (the first one on a tie)."""
+    return max(cv_accuracy, key=cv_accuracy.__getitem__)
 
 
 def binary_metrics(truth: np.ndarray, predicted: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -81,28 +98,3 @@ def multilabel_f1(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
         "f1_odd": rounded(per_label[1]),
         "exact_match": rounded(accuracy_score(truth, predicted)),
     }
-
-
-def write_binary_curves(
-    truth: np.ndarray,
-    scores: dict[str, np.ndarray],
-    legends: dict[str, str],
-    part: str,
-    figure_stem: Path,
-    title: str,
-) -> dict[str, np.ndarray]:
-    """SGD's precision-recall curve and the ROC curves of `legends`' models: data for `dvc plots`, and PNGs.
-
-    Data files are named after `part` ('cv' or 'test'), figures start with `figure_stem`; returns SGD's curve.
-    """
-    curve = precision_recall_columns(truth, scores["sgd"])
-    write_csv(PLOTS_DIR / f"binary_{part}_pr_sgd.csv", curve)
-    rocs = {}
-    for name, legend in legends.items():
-        roc = roc_columns(truth, scores[name])
-        write_csv(PLOTS_DIR / f"binary_{part}_roc_{name}.csv", roc)
-        rocs[legend] = (roc["fpr"], roc["tpr"])
-    pr_figure = plot_curves("precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD {title}")
-    save_figure(Path(f"{figure_stem}precision_vs_recall.png"), pr_figure)
-    save_figure(Path(f"{figure_stem}roc.png"), plot_curves("roc", rocs, f"ROC {title}"))
-    return curve

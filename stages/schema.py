@@ -5,27 +5,13 @@ Model sections use the estimator's own argument names, so a section is passed on
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from datasets import DATASETS
 
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class DataParams(Params):
-    dataset: str
-    mirrors: list[str] = []
-
-    @field_validator("dataset")
-    @classmethod
-    def known_dataset(cls, name: str) -> str:
-        if name not in DATASETS:
-            raise ValueError(f"unknown dataset, allowed: {', '.join(DATASETS)}")
-        return name
 
 
 class SplitParams(Params):
@@ -77,7 +63,7 @@ class BinaryParams(Params):
 
 class SVCParams(Params):
     C: float = Field(gt=0)
-    gamma: Literal["scale", "auto"] | float
+    gamma: Literal["scale", "auto"] | Annotated[float, Field(gt=0)]
     pca_components: int | None = Field(default=None, ge=1, le=784)
     max_train_samples: int | None = Field(default=None, ge=10)
 

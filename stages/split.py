@@ -7,14 +7,14 @@ from sklearn.model_selection import train_test_split
 
 from common import (
     FIGURES_DIR,
+    RAW_DIR,
     REPORTS_DIR,
-    ROOT,
     SPLIT_DIR,
     UserError,
-    load_array,
+    load_dataset_info,
+    load_labelled_images,
     load_params,
     log,
-    read_json,
     run_stage,
     save_array,
     write_json,
@@ -22,7 +22,6 @@ from common import (
 from figures import new_figure, plot_digit_grid, save_figure
 from schema import SplitParams
 
-RAW_DIR = ROOT / "data" / "raw"
 OVERVIEW_FIGURES = FIGURES_DIR / "data"
 
 
@@ -56,27 +55,38 @@ def plot_class_counts(train: dict[str, int], test: dict[str, int]) -> object:
     axis.set_xticks(positions, list(train), rotation=30 if max(map(len, train)) > 2 else 0)
     axis.set_ylabel("images")
     axis.set_title("images per class")
-    axis.legend()
+    axis.legend(loc="lower right", framealpha=0.9)
     return figure
 
 
-def read_raw() -> tuple[np.ndarray, np.ndarray, dict]:
-    images = load_array(RAW_DIR / "images.npy", np.uint8, 3)
-    labels = load_array(RAW_DIR / "labels.npy", np.uint8, 1)
-    meta = read_json(RAW_DIR / "dataset.json")
-    if not isinstance(meta, dict) or not {"name", "class_names", "test_start"} <= set(meta):
-        raise UserError(f"{RAW_DIR / 'dataset.json'}: expected keys name, class_names, test_start")
-    if len(images) != len(labels):
-        raise UserError(f"{RAW_DIR}: {len(images)} images but {len(labels)} labels")
-    return images, labels, meta
+def canonical_test_start(info: dict, n_images: int) -> int | None:
+    """Where the dataset's own test part starts (None: no canonical split), checked against the data."""
+    test_start = info.get("test_start")
+    if test_start is not None and not (isinstance(test_start, int) and 0 < test_start < n_images):
+        raise UserError(f"{RAW_DIR / 'dataset.json'}: test_start must be null or a whole number in 1..{n_images - 1}")
+    return test_start
+
+
+def check_stratifiable(params: SplitParams, labels: np.ndarray, n_classes: int) -> None:
+    """A stratified split needs at least one image of every class on each side."""
+    n_test = int(np.ceil(params.test_size * len(labels)))
+    if n_test < n_classes or len(labels) - n_test < n_classes:
+        raise UserError(
+            f"split.test_size = {params.test_size} leaves {n_test} of {len(labels)} images for testing: "
+            f"each side needs at least {n_classes} (one per class)"
+        )
 
 
 def main() -> None:
     params = load_params("split", SplitParams)
-    images, labels, meta = read_raw()
+    images, labels = load_labelled_images(RAW_DIR)
+    meta = load_dataset_info(RAW_DIR)
     class_names = meta["class_names"]
+    test_start = canonical_test_start(meta, len(images))
+    if test_start is None:
+        check_stratifiable(params, labels, len(class_names))
 
-    train_images, test_images, train_labels, test_labels = split_dataset(images, labels, meta["test_start"], params)
+    train_images, test_images, train_labels, test_labels = split_dataset(images, labels, test_start, params)
     log(f"{meta['name']}: {len(train_labels)} train / {len(test_labels)} test images")
     for part, part_images, part_labels in [("train", train_images, train_labels), ("test", test_images, test_labels)]:
         save_array(SPLIT_DIR / f"{part}_images.npy", part_images)

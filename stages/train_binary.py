@@ -14,6 +14,7 @@ from common import (
     FIGURES_DIR,
     METRICS_DIR,
     MODELS_DIR,
+    check_folds,
     load_class_names,
     load_params,
     load_split,
@@ -23,8 +24,8 @@ from common import (
     to_features,
     write_json,
 )
-from evaluation import binary_metrics, is_target, threshold_for_precision, write_binary_curves
-from figures import plot_precision_recall_vs_threshold, save_figure
+from evaluation import binary_metrics, decision_cutoff, is_target, score_method, threshold_for_precision
+from figures import plot_precision_recall_vs_threshold, save_figure, write_binary_curves
 from schema import BinaryParams, ComputeParams
 
 
@@ -44,14 +45,8 @@ def out_of_sample_scores(
     if name == "forest":
         model.fit(features, target)
         return model.oob_decision_function_[:, 1]
-    if hasattr(model, "decision_function"):
-        return cross_val_predict(model, features, target, cv=folds, method="decision_function", n_jobs=n_jobs)
-    return cross_val_predict(model, features, target, cv=folds, method="predict_proba", n_jobs=n_jobs)[:, 1]
-
-
-def decision_cutoff(name: str) -> float:
-    """Where scores turn into a 'yes': 0 for decision functions, 0.5 for probabilities."""
-    return 0.0 if name == "sgd" else 0.5
+    scores = cross_val_predict(model, features, target, cv=folds, method=score_method(model), n_jobs=n_jobs)
+    return scores if scores.ndim == 1 else scores[:, 1]
 
 
 def evaluate_scores(truth: np.ndarray, scores: np.ndarray, cutoff: float, target_precision: float) -> dict[str, Any]:
@@ -68,6 +63,7 @@ def main() -> None:
     images, labels = load_split("train")
     class_name = load_class_names()[params.digit]
     features, target = to_features(images), is_target(labels, params.digit)
+    check_folds("binary.cv_folds", params.cv_folds, target)
     folds = StratifiedKFold(n_splits=params.cv_folds)
     log(f"'is it a {class_name}?': {target.sum()} of {len(target)} training images are positives")
 
@@ -77,7 +73,7 @@ def main() -> None:
         log(f"{name}: out-of-sample scores ({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})")
         scores[name] = out_of_sample_scores(name, model, features, target, folds, n_jobs)
         kind = "oob" if name == "forest" else "cv"
-        metrics[name] = {kind: evaluate_scores(target, scores[name], decision_cutoff(name), params.target_precision)}
+        metrics[name] = {kind: evaluate_scores(target, scores[name], decision_cutoff(model), params.target_precision)}
         if name != "forest":
             model.fit(features, target)
         save_model(MODELS_DIR / "binary" / f"{name}.skops", model)
@@ -91,7 +87,9 @@ def main() -> None:
         for (name, legend), kind in zip(legends.items(), ("cv", "oob"), strict=True)
     }
     figures = FIGURES_DIR / "binary"
-    curve = write_binary_curves(target, scores, legends, "cv", figures / "cv_", f"{question}, training set")
+    curve = write_binary_curves(
+        target, scores, legends, "cv", figures / "cv_", f"{question}, cross-validated / out-of-bag"
+    )
     chosen = metrics["sgd"]["cv"]["threshold_at_target_precision"]
     save_figure(
         figures / "cv_precision_recall_vs_threshold.png",

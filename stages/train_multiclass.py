@@ -19,7 +19,10 @@ from common import (
     FIGURES_DIR,
     METRICS_DIR,
     MODELS_DIR,
+    UserError,
+    check_folds,
     first_n,
+    fold_train_size,
     load_class_names,
     load_params,
     load_split,
@@ -29,7 +32,7 @@ from common import (
     to_features,
     write_json,
 )
-from evaluation import rounded
+from evaluation import best_model, rounded
 from figures import plot_confusion_matrices, plot_digit_grid, save_figure
 from schema import ComputeParams, MulticlassModels, MulticlassParams, SVCParams
 
@@ -63,6 +66,17 @@ def build_models(params: MulticlassParams, n_jobs: int) -> dict[str, tuple[Any, 
     return models
 
 
+def check_pca(params: MulticlassParams, n_samples: int) -> None:
+    """PCA cannot keep more components than the images it is fitted on."""
+    for name in ("svc_ovo", "svc_ovr"):
+        svc = getattr(params.models, name)
+        if svc is not None and svc.pca_components is not None and svc.pca_components > n_samples:
+            raise UserError(
+                f"params.yaml: multiclass.models.{name}.pca_components = {svc.pca_components}, but a CV fold "
+                f"trains on {n_samples} images: use at most {n_samples} (or more images: multiclass.cv_max_samples)"
+            )
+
+
 def most_confused_pair(matrix: np.ndarray) -> tuple[int, int]:
     """The (true, predicted) pair of distinct classes mixed up most often, counting both directions."""
     errors = matrix + matrix.T
@@ -92,6 +106,8 @@ def main() -> None:
     class_names = load_class_names()
     features = to_features(images)
     cv_images, cv_features, cv_labels = first_n(params.cv_max_samples, images, features, labels)
+    check_folds("multiclass.cv_folds", params.cv_folds, cv_labels)
+    check_pca(params, fold_train_size(len(cv_labels), params.cv_folds))
     folds = StratifiedKFold(n_splits=params.cv_folds)
 
     metrics: dict[str, Any] = {}
@@ -106,7 +122,7 @@ def main() -> None:
         save_model(MODELS_DIR / "multiclass" / f"{name}.skops", model)
     write_json(METRICS_DIR / "multiclass_cv.json", {"multiclass": metrics})
 
-    best = max(metrics, key=lambda name: metrics[name]["cv"]["accuracy"])
+    best = best_model({name: metrics[name]["cv"]["accuracy"] for name in metrics})
     matrix = confusion_matrix(cv_labels, cv_predictions[best], labels=range(len(class_names)))
     figures = FIGURES_DIR / "multiclass"
     title = f"{MulticlassModels.describe(best)}, cross-validated (best by CV accuracy)"

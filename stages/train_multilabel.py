@@ -8,7 +8,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from common import (
     METRICS_DIR,
     MODELS_DIR,
+    UserError,
     first_n,
+    fold_train_size,
     load_params,
     load_split,
     log,
@@ -33,6 +35,12 @@ def main() -> None:
     model = build_model(params.knn, n_jobs)
 
     cv_features, cv_targets = first_n(params.cv_max_samples, features, targets)
+    neighbours_available = fold_train_size(len(cv_targets), params.cv_folds)
+    if params.knn.n_neighbors > neighbours_available:
+        raise UserError(
+            f"params.yaml: multilabel.knn.n_neighbors = {params.knn.n_neighbors}, but a CV fold trains on "
+            f"{neighbours_available} images: use at most {neighbours_available}"
+        )
     log(f"knn: {params.cv_folds}-fold CV on {len(cv_targets)} images")
     predicted = cross_val_predict(model, cv_features, cv_targets, cv=KFold(n_splits=params.cv_folds))
     metrics = multilabel_f1(cv_targets, predicted)

@@ -18,7 +18,8 @@ from sklearn.preprocessing import StandardScaler
 
 import common
 from common import UserError
-from schema import BinaryParams, DataParams, MulticlassParams, MultilabelParams, SplitParams
+from datasets import DataParams
+from schema import BinaryParams, ComputeParams, MulticlassParams, MultilabelParams, SplitParams
 
 
 def write_params(tmp_path: Path, text: str) -> Path:
@@ -53,7 +54,7 @@ def write_params(tmp_path: Path, text: str) -> Path:
             "data: {dataset: cifar}",
             "data",
             DataParams,
-            "data.dataset = 'cifar': Value error, unknown dataset, allowed: mnist-sample",
+            "data.dataset = 'cifar': unknown dataset, allowed: mnist-sample",
         ),
     ],
 )
@@ -105,9 +106,44 @@ def test_nested_bad_params_give_their_full_key_path(tmp_path, edit, section, sch
     assert expected in str(raised.value)
 
 
-def test_the_committed_params_are_valid():
-    common.load_params("binary", BinaryParams)
-    common.load_params("multiclass", MulticlassParams)
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- just\n- a list\n", "expected a mapping of sections"),
+        ("data: {dataset: mnist-sample}\n", "section 'split' is missing"),
+        ("split: [unclosed\n", "not valid YAML"),
+        ("split: 0.2\n", "split = 0.2: Input should be a valid dictionary"),
+    ],
+)
+def test_a_broken_params_file_is_reported(tmp_path, text, expected):
+    with pytest.raises(UserError, match=expected):
+        common.load_params("split", SplitParams, write_params(tmp_path, text))
+
+
+def test_a_union_param_gets_one_line_with_what_is_allowed(tmp_path):
+    params = yaml.safe_load((common.ROOT / "params.yaml").read_text())
+    params["multiclass"]["models"]["svc_ovo"]["gamma"] = -1.0
+    with pytest.raises(UserError) as raised:
+        common.load_params("multiclass", MulticlassParams, write_params(tmp_path, yaml.safe_dump(params)))
+    lines = str(raised.value).splitlines()[1:]
+    assert lines == [
+        "  multiclass.models.svc_ovo.gamma = -1.0: Input should be 'scale' or 'auto' or Input should be greater than 0"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "schema"),
+    [
+        ("data", DataParams),
+        ("split", SplitParams),
+        ("compute", ComputeParams),
+        ("binary", BinaryParams),
+        ("multiclass", MulticlassParams),
+        ("multilabel", MultilabelParams),
+    ],
+)
+def test_the_committed_params_are_valid(section, schema):
+    assert common.load_params(section, schema) is not None
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
@@ -164,6 +200,19 @@ def test_the_same_model_gives_the_same_bytes_in_another_process(tmp_path):
     assert here == (tmp_path / "there.skops").read_bytes() == (tmp_path / "again.skops").read_bytes()
 
 
+def test_objects_shared_in_a_model_stay_shared_after_canonicalization(tmp_path):
+    weights, bias = np.arange(3.0), np.zeros(2)
+    common.save_model(tmp_path / "shared.skops", [weights, weights, bias, bias])
+    loaded = common.load_model(tmp_path / "shared.skops")
+    assert loaded[0] is loaded[1] and loaded[2] is loaded[3]
+    np.testing.assert_array_equal(loaded[0], weights)
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    common.write_json(tmp_path / "out.json", {})
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~common._UMASK
+
+
 def test_a_canonical_model_loads_and_predicts_like_the_original(tmp_path):
     model = fitted_model()
     common.save_model(tmp_path / "model.skops", model)
@@ -191,6 +240,14 @@ def test_a_model_file_naming_an_untrusted_type_is_refused(tmp_path):
     common.save_model(path, fitted_model())
     tamper(path, "os", "system")
     with pytest.raises(UserError, match=r"model.skops: refused to load, the file names untrusted types: os.system"):
+        common.load_model(path)
+
+
+def test_a_model_file_with_a_damaged_schema_is_refused(tmp_path):
+    path = tmp_path / "model.skops"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("schema.json", "[1, 2]")
+    with pytest.raises(UserError, match=r"model.skops: not a valid skops model file"):
         common.load_model(path)
 
 

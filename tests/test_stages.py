@@ -84,7 +84,7 @@ def test_binary_scores_beat_the_dummy_on_real_digits(sample):
     for name, model in train_binary.build_models(params, n_jobs=1).items():
         scores = train_binary.out_of_sample_scores(name, model, features, target, folds, n_jobs=1)
         assert scores.shape == (len(target),)
-        cutoff = train_binary.decision_cutoff(name)
+        cutoff = evaluation.decision_cutoff(model)
         results[name] = train_binary.evaluate_scores(target, scores, cutoff, params.target_precision)
     assert results["dummy"]["accuracy"] == pytest.approx(0.9) and results["dummy"]["recall"] == 0
     assert results["sgd"]["roc_auc"] > 0.9 and results["forest"]["roc_auc"] > 0.9
@@ -234,3 +234,52 @@ def test_tampered_model_is_refused_by_evaluate(workspace, tmp_path):
     assert result.returncode == 1
     assert f"{model}: refused to load, the file names untrusted types: builtins.eval" in result.stderr
     assert not (root / "reports/metrics/test.json").exists()
+
+
+def test_malformed_cv_metrics_stop_evaluate_before_it_writes(workspace, tmp_path):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "reports/plots")
+    (root / "reports/metrics/test.json").unlink()
+    metrics_file = root / "reports/metrics/binary_cv.json"
+    metrics_file.write_text(json.dumps({"binary": {"sgd": {}}}))
+    result = run_stage(root, "evaluate", check=False)
+    assert result.returncode == 1
+    assert f"{metrics_file}: missing key 'binary.sgd.cv'" in result.stderr
+    assert not (root / "reports/plots").exists() and not (root / "reports/metrics/test.json").exists()
+
+
+def set_param(root: Path, value: object, *keys: str) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    node = params
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.mark.parametrize(
+    ("stage", "keys", "value", "expected"),
+    [
+        ("train_binary", ("binary", "cv_folds"), 100, "binary.cv_folds = 100, but the rarest class has 48 images"),
+        ("train_multiclass", ("multiclass", "cv_folds"), 50, "multiclass.cv_folds = 50, but the rarest class has"),
+        (
+            "train_multilabel",
+            ("multilabel", "knn", "n_neighbors"),
+            1000,
+            "multilabel.knn.n_neighbors = 1000, but a CV fold trains on 320 images: use at most 320",
+        ),
+        (
+            "train_multiclass",
+            ("multiclass", "models", "svc_ovo", "pca_components"),
+            700,
+            "multiclass.models.svc_ovo.pca_components = 700, but a CV fold trains on 320 images",
+        ),
+    ],
+)
+def test_params_too_large_for_the_data_name_the_key(workspace, tmp_path, stage, keys, value, expected):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "reports")
+    set_param(root, value, *keys)
+    result = run_stage(root, stage, check=False)
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (root / "reports").exists()
