@@ -27,6 +27,9 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import copy_repo, tool_env  # noqa: E402  (the tests' way to make a fresh copy of the repo)
+
 SAMPLE_SECONDS = 0.1
 MB = 1024 * 1024
 # The targets of a full-size run on 2 cores.
@@ -43,38 +46,14 @@ class Measured:
     tree_peak_mb: float  # all processes of the stage at once, sampled
 
 
-def project_files() -> list[str]:
-    """Tracked files plus new ones not ignored: what a commit of the working tree would hold."""
-    listing = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [name for name in listing.stdout.splitlines() if (ROOT / name).is_file()]
-
-
-def tool_env(cache: Path) -> dict[str, str]:
-    """This interpreter's bin/ first on PATH (so `python` and `dvc` are the project's), a fresh download cache."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(MNIST_DVC_CACHE=str(cache), GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@example.com")
-    env.update(GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@example.com")
-    return env
-
-
-def prepare(workspace: Path, dataset: str, mirrors: list[str], env: dict[str, str]) -> list[str]:
+def prepare(workspace: Path, dataset: str, mirrors: list[str]) -> list[str]:
     """Copy the project into `workspace` as a fresh git repo with the chosen data; return the stage names."""
-    for name in project_files():
-        target = workspace / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
+    workspace.mkdir()
+    copy_repo(workspace)
     params_file = workspace / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["data"] = {"dataset": dataset, "mirrors": mirrors}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
-        subprocess.run(command, cwd=workspace, env=env, check=True)
     return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
 
 
@@ -157,10 +136,10 @@ def main() -> None:
 
     workspace = Path(tempfile.mkdtemp(prefix="mnist-dvc-bench-"))
     try:
-        env = tool_env(workspace / "download-cache")
+        env = tool_env(MNIST_DVC_CACHE=str(workspace / "download-cache"))
         repo = workspace / "repo"
         mirrors = [mirror if "://" in mirror else str(Path(mirror).resolve()) for mirror in args.mirror]
-        stages = prepare(repo, args.dataset, mirrors, env)
+        stages = prepare(repo, args.dataset, mirrors)
         results = []
         for stage in stages:
             results.append(run_stage(stage, repo, env, workspace / f"{stage}.log"))
