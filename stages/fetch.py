@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -36,6 +37,7 @@ TIMEOUT = 30.0  # seconds for the connect and for each read: a stalled mirror is
 RETRIES = 2  # further attempts after a transient failure (timeout, cut connection, HTTP 5xx or 429)
 BACKOFF = 1.0  # seconds before the first retry, doubled for each next one
 CHUNK = 1 << 20
+STALE_DOWNLOAD_SECONDS = 3600  # a temporary file untouched this long is a killed download's
 MAX_IDX_BYTES = 100_000_000  # no 28x28 IDX file is larger: refuse a gzip bomb instead of filling memory
 USER_AGENT = "mnist-dvc"  # some mirrors refuse urllib's default agent
 
@@ -307,6 +309,14 @@ def failure_message(dataset: IdxDataset, failures: Sequence[str]) -> str:
     )
 
 
+def remove_stale_downloads(folder: Path) -> None:
+    """Delete temporary files of downloads that were killed; recent ones may belong to a running experiment."""
+    for leftover in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if time.time() - leftover.stat().st_mtime > STALE_DOWNLOAD_SECONDS:
+                leftover.unlink()
+
+
 def fetch_dataset(
     dataset: IdxDataset, mirrors: Sequence[str], cache_dir: Path, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -319,6 +329,7 @@ def fetch_dataset(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the download cache {folder} ({error}): set MNIST_DVC_CACHE") from None
+    remove_stale_downloads(folder)
     arrays: dict[str, np.ndarray] = {}
     for name in IDX_FILES:
         array = cached(folder / name, dataset.digests[name], n_classes)

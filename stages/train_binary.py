@@ -24,7 +24,7 @@ from common import (
     to_features,
     write_json,
 )
-from evaluation import binary_metrics, decision_cutoff, is_target, score_method, threshold_for_precision
+from evaluation import binary_metrics, decision_cutoff, is_target, rounded, score_method, threshold_for_precision
 from figures import plot_precision_recall_vs_threshold, save_figure, write_binary_curves
 from schema import BinaryParams, ComputeParams
 
@@ -52,8 +52,9 @@ def out_of_sample_scores(
 def evaluate_scores(truth: np.ndarray, scores: np.ndarray, cutoff: float, target_precision: float) -> dict[str, Any]:
     metrics: dict[str, Any] = binary_metrics(truth, scores > cutoff, scores)
     reached = threshold_for_precision(truth, scores, target_precision)
-    metrics["threshold_at_target_precision"] = None if reached is None else round(reached[0], 6)
-    metrics["recall_at_target_precision"] = None if reached is None else round(reached[1], 6)
+    # The threshold keeps full precision: evaluate applies it to the test scores.
+    metrics["threshold_at_target_precision"] = None if reached is None else reached[0]
+    metrics["recall_at_target_precision"] = None if reached is None else rounded(reached[1])
     return metrics
 
 

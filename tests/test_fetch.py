@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import os
 import re
 import shutil
 import socket
 import struct
 import sys
 import threading
+import time
 import urllib.error
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -206,6 +208,19 @@ def test_a_cached_file_that_fails_verification_is_fetched_again(server, cache):
     load(cache, url)
     assert server.requests == [f"/good/{TRAIN_FILES[1]}"]
     assert (cache / "tiny" / TRAIN_FILES[1]).read_bytes() == FILES[TRAIN_FILES[1]]
+
+
+def test_temporary_files_of_killed_downloads_are_removed_once_stale(server, cache):
+    url = server.publish("good", FILES)
+    folder = cache / "tiny"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / f".{TRAIN_FILES[0]}.killed.tmp", folder / f".{TRAIN_FILES[1]}.running.tmp"
+    stale.write_bytes(b"half a download")
+    fresh.write_bytes(b"a download under way")
+    an_hour_ago = time.time() - fetch.STALE_DOWNLOAD_SECONDS - 1
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    load(cache, url)
+    assert not stale.exists() and fresh.exists()
 
 
 # --- failures: each source and why, nothing partial left behind ----------------------------------
