@@ -108,14 +108,17 @@ def load_params(section: str, schema: type[Section], params_file: Path = PARAMS_
         raise UserError(f"{params_file}: invalid params:\n  " + "\n  ".join(problems)) from None
 
 
+def check_at_most(key: str, value: int, limit: int, reason: str) -> None:
+    """A param the data cannot support: name it, say why, and what to use instead."""
+    if value > limit:
+        raise UserError(f"{PARAMS_FILE.name}: {key} = {value}, but {reason}: use at most {limit}")
+
+
 def check_folds(key: str, folds: int, labels: np.ndarray) -> None:
-    """Stratified folds need every class present at least `folds` times: say which param to change."""
+    """Stratified folds need every class present at least `folds` times."""
     counts = np.bincount(labels)
     smallest = int(counts[counts > 0].min())
-    if folds > smallest:
-        raise UserError(
-            f"{PARAMS_FILE.name}: {key} = {folds}, but the rarest class has {smallest} images here: use 2..{smallest}"
-        )
+    check_at_most(key, folds, smallest, f"the rarest class has {smallest} images here")
 
 
 def fold_train_size(n_samples: int, folds: int) -> int:

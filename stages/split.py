@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from sklearn.model_selection import train_test_split
 
@@ -39,7 +41,7 @@ def class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     return {name: int(count) for name, count in zip(class_names, counts, strict=True)}
 
 
-def plot_one_digit(image: np.ndarray, class_name: str) -> object:
+def plot_one_digit(image: np.ndarray, class_name: str) -> Any:
     figure, axis = new_figure(figsize=(2.5, 2.5))
     axis.imshow(image, cmap="binary", interpolation="nearest")
     axis.set_title(f"first training image: {class_name}")
@@ -47,7 +49,7 @@ def plot_one_digit(image: np.ndarray, class_name: str) -> object:
     return figure
 
 
-def plot_class_counts(train: dict[str, int], test: dict[str, int]) -> object:
+def plot_class_counts(train: dict[str, int], test: dict[str, int]) -> Any:
     figure, axis = new_figure(figsize=(6, 3))
     positions = np.arange(len(train))
     axis.bar(positions - 0.2, list(train.values()), width=0.4, label="train")

@@ -19,7 +19,7 @@ from common import (
     FIGURES_DIR,
     METRICS_DIR,
     MODELS_DIR,
-    UserError,
+    check_at_most,
     check_folds,
     first_n,
     fold_train_size,
@@ -70,11 +70,9 @@ def check_pca(params: MulticlassParams, n_samples: int) -> None:
     """PCA cannot keep more components than the images it is fitted on."""
     for name in ("svc_ovo", "svc_ovr"):
         svc = getattr(params.models, name)
-        if svc is not None and svc.pca_components is not None and svc.pca_components > n_samples:
-            raise UserError(
-                f"params.yaml: multiclass.models.{name}.pca_components = {svc.pca_components}, but a CV fold "
-                f"trains on {n_samples} images: use at most {n_samples} (or more images: multiclass.cv_max_samples)"
-            )
+        if svc is not None and svc.pca_components is not None:
+            key = f"multiclass.models.{name}.pca_components"
+            check_at_most(key, svc.pca_components, n_samples, f"a CV fold trains on {n_samples} images")
 
 
 def most_confused_pair(matrix: np.ndarray) -> tuple[int, int]:

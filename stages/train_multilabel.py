@@ -8,7 +8,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from common import (
     METRICS_DIR,
     MODELS_DIR,
-    UserError,
+    check_at_most,
     first_n,
     fold_train_size,
     load_params,
@@ -24,7 +24,7 @@ from schema import ComputeParams, KNNParams, MultilabelParams
 
 
 def build_model(params: KNNParams, n_jobs: int) -> KNeighborsClassifier:
-    return KNeighborsClassifier(n_neighbors=params.n_neighbors, weights=params.weights, n_jobs=n_jobs)
+    return KNeighborsClassifier(**params.model_dump(), n_jobs=n_jobs)
 
 
 def main() -> None:
@@ -35,12 +35,10 @@ def main() -> None:
     model = build_model(params.knn, n_jobs)
 
     cv_features, cv_targets = first_n(params.cv_max_samples, features, targets)
-    neighbours_available = fold_train_size(len(cv_targets), params.cv_folds)
-    if params.knn.n_neighbors > neighbours_available:
-        raise UserError(
-            f"params.yaml: multilabel.knn.n_neighbors = {params.knn.n_neighbors}, but a CV fold trains on "
-            f"{neighbours_available} images: use at most {neighbours_available}"
-        )
+    fold_size = fold_train_size(len(cv_targets), params.cv_folds)
+    check_at_most(
+        "multilabel.knn.n_neighbors", params.knn.n_neighbors, fold_size, f"a CV fold trains on {fold_size} images"
+    )
     log(f"knn: {params.cv_folds}-fold CV on {len(cv_targets)} images")
     predicted = cross_val_predict(model, cv_features, cv_targets, cv=KFold(n_splits=params.cv_folds))
     metrics = multilabel_f1(cv_targets, predicted)
