@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from common import RAW_DIR, ROOT, load_params, log, run_stage, save_array, write_json
-from datasets import DATASETS, DataParams, DataSource, verify
+from mnist_dvc.arrays import save_array
+from mnist_dvc.datasets import DATASETS, DataParams, DataSource, verify
+from mnist_dvc.files import write_json
+from mnist_dvc.params import load_params
+from mnist_dvc.paths import RAW_DIR, display_path, user_root
+from mnist_dvc.runner import log, run_stage
 
 
 def cache_dir() -> Path:
@@ -15,11 +19,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MNIST_DVC_CACHE", default))
 
 
+def resolve_mirror(mirror: str, root: Path) -> str:
+    """A relative folder in `data.mirrors` means one inside the user's repo, wherever the stage runs from."""
+    if "://" in mirror or Path(mirror).expanduser().is_absolute():
+        return mirror
+    return str(root / mirror)
+
+
 def main() -> None:
     params = load_params("data", DataParams)
     spec = DATASETS[params.dataset]
     log(f"loading '{params.dataset}': {spec.description}")
-    dataset = spec.load(DataSource(mirrors=tuple(params.mirrors), cache_dir=cache_dir()))
+    mirrors = tuple(resolve_mirror(mirror, user_root()) for mirror in params.mirrors)
+    dataset = spec.load(DataSource(mirrors=mirrors, cache_dir=cache_dir()))
     verify(params.dataset, dataset)
 
     save_array(RAW_DIR / "images.npy", dataset.images)
@@ -28,7 +40,7 @@ def main() -> None:
         RAW_DIR / "dataset.json",
         {"name": params.dataset, "class_names": list(spec.class_names), "test_start": dataset.test_start},
     )
-    log(f"wrote {len(dataset.images)} images to {RAW_DIR.relative_to(ROOT)}/")
+    log(f"wrote {len(dataset.images)} images to {display_path(RAW_DIR)}/")
 
 
 if __name__ == "__main__":

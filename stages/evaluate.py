@@ -5,27 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
 
-from common import (
-    FIGURES_DIR,
-    METRICS_DIR,
-    MODELS_DIR,
-    PLOTS_DIR,
-    UserError,
-    json_value,
-    load_class_names,
-    load_model,
-    load_params,
-    load_split,
-    log,
-    read_json,
-    run_stage,
-    to_features,
-    write_csv,
-    write_json,
-)
-from evaluation import (
+from mnist_dvc.arrays import SIDE, load_class_names, load_split, to_features
+from mnist_dvc.curves import write_binary_curves
+from mnist_dvc.figures import new_figure, plot_confusion_matrices, save_figure
+from mnist_dvc.files import json_number, json_value, read_json, write_csv, write_json
+from mnist_dvc.metrics import (
     best_model,
     binary_metrics,
     is_target,
@@ -34,10 +25,15 @@ from evaluation import (
     positive_scores,
     rounded,
 )
-from figures import new_figure, plot_confusion_matrices, save_figure, write_binary_curves
-from schema import BinaryParams, MulticlassModels
+from mnist_dvc.models import load_model
+from mnist_dvc.params import load_params
+from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, PLOTS_DIR, THRESHOLD_FILE, display_path
+from mnist_dvc.runner import UserError, log, run_stage
+from mnist_dvc.schema import ClassIndex, MulticlassModels
 
-BINARY_MODELS = ("sgd", "dummy", "forest")
+BINARY_MODELS = {"sgd": SGDClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
+MULTICLASS_KINDS = (Pipeline, RandomForestClassifier)
+N_PIXELS = SIDE * SIDE
 MISCLASSIFIED_SHOWN = 40
 
 
@@ -73,37 +69,63 @@ def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndar
 
 def read_cv_results() -> tuple[float | None, dict[str, float]]:
     """SGD's threshold chosen on the training folds, and each multiclass model's CV accuracy."""
-    binary_path, multiclass_path = METRICS_DIR / "binary_cv.json", METRICS_DIR / "multiclass_cv.json"
-    binary = read_json(binary_path)
-    threshold = json_value(binary_path, binary, "binary", "sgd", "cv", "threshold_at_target_precision")
-    multiclass = read_json(multiclass_path)
-    names = json_value(multiclass_path, multiclass, "multiclass")
+    threshold = json_number(THRESHOLD_FILE, read_json(THRESHOLD_FILE), "threshold", nullable=True)
+    path = METRICS_DIR / "multiclass_cv.json"
+    multiclass = read_json(path)
+    names = json_value(path, multiclass, "multiclass")
     unknown = set(names) - set(MulticlassModels.model_fields) if isinstance(names, dict) else {"(not a mapping)"}
     if not names or unknown:
         raise UserError(
-            f"{multiclass_path}: expected CV results of the models {', '.join(MulticlassModels.model_fields)}"
+            f"{display_path(path)}: expected CV results of the models {', '.join(MulticlassModels.model_fields)}"
         )
-    accuracy = {name: json_value(multiclass_path, multiclass, "multiclass", name, "cv", "accuracy") for name in names}
+    accuracy = {name: float(json_number(path, multiclass, f"multiclass.{name}.cv.accuracy")) for name in names}
     return threshold, accuracy
 
 
+def check_both_classes(target: np.ndarray, digit: int, class_name: str) -> None:
+    """Precision, recall and ROC AUC are undefined on a test set without both answers."""
+    positives = int(target.sum())
+    if positives in (0, len(target)):
+        some = "none" if positives == 0 else "all"
+        raise UserError(
+            f"params.yaml: binary.digit = {digit}: {some} of the {len(target)} test images are '{class_name}', "
+            "so the binary task cannot be scored: choose a class present in the test set alongside others"
+        )
+
+
+def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Every model, each checked to be the kind its stage writes, before anything is written."""
+    binary = {
+        name: load_model(MODELS_DIR / "binary" / f"{name}.skops", kind, N_PIXELS)
+        for name, kind in BINARY_MODELS.items()
+    }
+    multiclass = {
+        name: load_model(MODELS_DIR / "multiclass" / f"{name}.skops", MULTICLASS_KINDS, N_PIXELS)
+        for name in multiclass_names
+    }
+    knn = load_model(MODELS_DIR / "multilabel" / "knn.skops", KNeighborsClassifier, N_PIXELS)
+    if not knn.outputs_2d_:
+        raise UserError(f"{display_path(MODELS_DIR / 'multilabel' / 'knn.skops')}: not a multilabel model")
+    return binary, multiclass, knn
+
+
 def main() -> None:
-    binary_params = load_params("binary", BinaryParams)
+    digit = load_params("binary.digit", ClassIndex)
     images, labels = load_split("test")
     class_names = load_class_names()
+    if digit >= len(class_names):
+        raise UserError(f"params.yaml: binary.digit = {digit}, but the dataset has {len(class_names)} classes")
+    target = is_target(labels, digit)
+    check_both_classes(target, digit, class_names[digit])
     features = to_features(images)
     cv_threshold, cv_accuracy = read_cv_results()
-    # Every model is loaded (and checked) before anything is written.
-    binary_models = {name: load_model(MODELS_DIR / "binary" / f"{name}.skops") for name in BINARY_MODELS}
-    multiclass_models = {name: load_model(MODELS_DIR / "multiclass" / f"{name}.skops") for name in cv_accuracy}
-    knn = load_model(MODELS_DIR / "multilabel" / "knn.skops")
+    binary_models, multiclass_models, knn = load_models(list(cv_accuracy))
     figures = FIGURES_DIR / "test"
 
     log("binary: scoring the test set")
-    target = is_target(labels, binary_params.digit)
     binary, scores = evaluate_binary(binary_models, features, target, cv_threshold)
     legends = {name: f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})" for name in ("sgd", "forest")}
-    question = f"'is it a {class_names[binary_params.digit]}?'"
+    question = f"'is it a {class_names[digit]}?'"
     write_binary_curves(target, scores, legends, "test", figures / "binary_", f"{question}, test set")
 
     log("multiclass: scoring the test set")

@@ -7,22 +7,13 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from common import (
-    FIGURES_DIR,
-    RAW_DIR,
-    REPORTS_DIR,
-    SPLIT_DIR,
-    UserError,
-    load_dataset_info,
-    load_labelled_images,
-    load_params,
-    log,
-    run_stage,
-    save_array,
-    write_json,
-)
-from figures import new_figure, plot_digit_grid, save_figure
-from schema import SplitParams
+from mnist_dvc.arrays import load_dataset_info, load_labelled_images, save_array
+from mnist_dvc.figures import new_figure, plot_digit_grid, save_figure
+from mnist_dvc.files import write_json
+from mnist_dvc.params import load_params
+from mnist_dvc.paths import FIGURES_DIR, RAW_DIR, REPORTS_DIR, SPLIT_DIR, display_path
+from mnist_dvc.runner import UserError, log, run_stage
+from mnist_dvc.schema import SplitParams
 
 OVERVIEW_FIGURES = FIGURES_DIR / "data"
 
@@ -61,11 +52,13 @@ def plot_class_counts(train: dict[str, int], test: dict[str, int]) -> Any:
     return figure
 
 
-def canonical_test_start(info: dict, n_images: int) -> int | None:
+def canonical_test_start(test_start: int | None, n_images: int) -> int | None:
     """Where the dataset's own test part starts (None: no canonical split), checked against the data."""
-    test_start = info.get("test_start")
-    if test_start is not None and not (isinstance(test_start, int) and 0 < test_start < n_images):
-        raise UserError(f"{RAW_DIR / 'dataset.json'}: test_start must be null or a whole number in 1..{n_images - 1}")
+    if test_start is not None and test_start >= n_images:
+        raise UserError(
+            f"{display_path(RAW_DIR / 'dataset.json')}: test_start = {test_start}, but there are only {n_images} "
+            f"images: use null or a whole number in 1..{n_images - 1}"
+        )
     return test_start
 
 
@@ -82,23 +75,23 @@ def check_stratifiable(params: SplitParams, labels: np.ndarray, n_classes: int) 
 def main() -> None:
     params = load_params("split", SplitParams)
     images, labels = load_labelled_images(RAW_DIR)
-    meta = load_dataset_info(RAW_DIR)
-    class_names = meta["class_names"]
-    test_start = canonical_test_start(meta, len(images))
+    info = load_dataset_info(RAW_DIR)
+    class_names = info.class_names
+    test_start = canonical_test_start(info.test_start, len(images))
     if test_start is None:
         check_stratifiable(params, labels, len(class_names))
 
     train_images, test_images, train_labels, test_labels = split_dataset(images, labels, test_start, params)
-    log(f"{meta['name']}: {len(train_labels)} train / {len(test_labels)} test images")
+    log(f"{info.name}: {len(train_labels)} train / {len(test_labels)} test images")
     for part, part_images, part_labels in [("train", train_images, train_labels), ("test", test_images, test_labels)]:
         save_array(SPLIT_DIR / f"{part}_images.npy", part_images)
         save_array(SPLIT_DIR / f"{part}_labels.npy", part_labels)
-    write_json(SPLIT_DIR / "dataset.json", {"name": meta["name"], "class_names": class_names})
+    write_json(SPLIT_DIR / "dataset.json", {"name": info.name, "class_names": class_names})
 
     train_counts, test_counts = class_counts(train_labels, class_names), class_counts(test_labels, class_names)
     write_json(
         REPORTS_DIR / "data_overview.json",
-        {"dataset": meta["name"], "class_counts": {"train": train_counts, "test": test_counts}},
+        {"dataset": info.name, "class_counts": {"train": train_counts, "test": test_counts}},
     )
     save_figure(OVERVIEW_FIGURES / "first_image.png", plot_one_digit(train_images[0], class_names[train_labels[0]]))
     save_figure(

@@ -10,23 +10,16 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from common import (
-    FIGURES_DIR,
-    METRICS_DIR,
-    MODELS_DIR,
-    check_folds,
-    load_class_names,
-    load_params,
-    load_split,
-    log,
-    run_stage,
-    save_model,
-    to_features,
-    write_json,
-)
-from evaluation import binary_metrics, decision_cutoff, is_target, rounded, score_method, threshold_for_precision
-from figures import plot_precision_recall_vs_threshold, save_figure, write_binary_curves
-from schema import BinaryParams, ComputeParams
+from mnist_dvc.arrays import load_class_names, load_split, to_features
+from mnist_dvc.curves import write_binary_curves
+from mnist_dvc.figures import plot_precision_recall_vs_threshold, save_figure
+from mnist_dvc.files import write_json
+from mnist_dvc.metrics import binary_metrics, decision_cutoff, is_target, rounded, score_method, threshold_for_precision
+from mnist_dvc.models import save_model
+from mnist_dvc.params import check_at_most, check_folds, load_params
+from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, THRESHOLD_FILE
+from mnist_dvc.runner import UserError, log, n_jobs, run_stage
+from mnist_dvc.schema import BinaryParams
 
 
 def build_models(params: BinaryParams, n_jobs: int) -> dict[str, Any]:
@@ -44,41 +37,78 @@ def out_of_sample_scores(
     """Scores for every training image from a model that did not see it (CV folds, or out-of-bag)."""
     if name == "forest":
         model.fit(features, target)
-        return model.oob_decision_function_[:, 1]
+        return oob_scores(model)
     scores = cross_val_predict(model, features, target, cv=folds, method=score_method(model), n_jobs=n_jobs)
     return scores if scores.ndim == 1 else scores[:, 1]
 
 
-def evaluate_scores(truth: np.ndarray, scores: np.ndarray, cutoff: float, target_precision: float) -> dict[str, Any]:
+def oob_scores(forest: RandomForestClassifier) -> np.ndarray:
+    """The forest's out-of-bag probabilities, refused when some image was in every tree's bootstrap sample.
+
+    scikit-learn only warns then and scores such images 0, which silently lowers the ROC AUC.
+    """
+    votes = forest.oob_decision_function_
+    missing = int(np.count_nonzero(votes.sum(axis=1) == 0))
+    if missing:
+        raise UserError(
+            f"params.yaml: binary.forest.n_estimators = {forest.n_estimators} leaves {missing} training images "
+            "without an out-of-bag score (each was drawn into every tree): use more trees (100 is the default)"
+        )
+    return votes[:, 1]
+
+
+def evaluate_scores(
+    truth: np.ndarray, scores: np.ndarray, cutoff: float, reached: tuple[float, float] | None
+) -> dict[str, Any]:
+    """Metrics at the model's own cutoff, and the threshold reaching the target precision with its recall."""
     metrics: dict[str, Any] = binary_metrics(truth, scores > cutoff, scores)
-    reached = threshold_for_precision(truth, scores, target_precision)
-    # The threshold keeps full precision: evaluate applies it to the test scores.
-    metrics["threshold_at_target_precision"] = None if reached is None else reached[0]
+    metrics["threshold_at_target_precision"] = None if reached is None else rounded(reached[0])
     metrics["recall_at_target_precision"] = None if reached is None else rounded(reached[1])
     return metrics
 
 
+def check_both_classes(target: np.ndarray, digit: int, class_name: str) -> None:
+    positives = int(target.sum())
+    if positives in (0, len(target)):
+        some = "none" if positives == 0 else "all"
+        raise UserError(
+            f"params.yaml: binary.digit = {digit}: {some} of the {len(target)} training images are '{class_name}', "
+            "so there is nothing to tell apart: choose a class present in the training set alongside others"
+        )
+
+
 def main() -> None:
     params = load_params("binary", BinaryParams)
-    n_jobs = load_params("compute", ComputeParams).n_jobs
+    jobs = n_jobs()
     images, labels = load_split("train")
-    class_name = load_class_names()[params.digit]
+    class_names = load_class_names()
+    check_at_most("binary.digit", params.digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
+    class_name = class_names[params.digit]
     features, target = to_features(images), is_target(labels, params.digit)
+    check_both_classes(target, params.digit, class_name)
     check_folds("binary.cv_folds", params.cv_folds, target)
     folds = StratifiedKFold(n_splits=params.cv_folds)
     log(f"'is it a {class_name}?': {target.sum()} of {len(target)} training images are positives")
 
     metrics: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
-    for name, model in build_models(params, n_jobs).items():
+    reached: dict[str, tuple[float, float] | None] = {}
+    models = build_models(params, jobs)
+    for name, model in models.items():
         log(f"{name}: out-of-sample scores ({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})")
-        scores[name] = out_of_sample_scores(name, model, features, target, folds, n_jobs)
+        scores[name] = out_of_sample_scores(name, model, features, target, folds, jobs)
         kind = "oob" if name == "forest" else "cv"
-        metrics[name] = {kind: evaluate_scores(target, scores[name], decision_cutoff(model), params.target_precision)}
+        reached[name] = threshold_for_precision(target, scores[name], params.target_precision)
+        metrics[name] = {kind: evaluate_scores(target, scores[name], decision_cutoff(model), reached[name])}
         if name != "forest":
             model.fit(features, target)
-        save_model(MODELS_DIR / "binary" / f"{name}.skops", model)
         log(f"{name}: {metrics[name][kind]}")
+
+    # Outputs only once every model is fitted: a refused param leaves nothing behind.
+    for name, model in models.items():
+        save_model(MODELS_DIR / "binary" / f"{name}.skops", model)
+    # Full precision, kept beside the model: evaluate applies it to the test scores; the metrics show it rounded.
+    write_json(THRESHOLD_FILE, {"threshold": None if reached["sgd"] is None else reached["sgd"][0]})
     write_json(METRICS_DIR / "binary_cv.json", {"binary": metrics})
 
     question = f"'is it a {class_name}?'"

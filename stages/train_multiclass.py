@@ -15,26 +15,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from common import (
-    FIGURES_DIR,
-    METRICS_DIR,
-    MODELS_DIR,
-    check_at_most,
-    check_folds,
-    first_n,
-    fold_train_size,
-    load_class_names,
-    load_params,
-    load_split,
-    log,
-    run_stage,
-    save_model,
-    to_features,
-    write_json,
-)
-from evaluation import best_model, rounded
-from figures import plot_confusion_matrices, plot_digit_grid, save_figure
-from schema import ComputeParams, MulticlassModels, MulticlassParams, SVCParams
+from mnist_dvc.arrays import first_n, load_class_names, load_split, to_features
+from mnist_dvc.figures import plot_confusion_matrices, plot_digit_grid, save_figure
+from mnist_dvc.files import write_json
+from mnist_dvc.metrics import best_model, rounded
+from mnist_dvc.models import save_model
+from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_params
+from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR
+from mnist_dvc.runner import log, n_jobs, refused_by_estimator, run_stage
+from mnist_dvc.schema import MulticlassModels, MulticlassParams, SVCParams
 
 
 def svc_pipeline(params: SVCParams, one_vs_rest: bool, n_jobs: int) -> Pipeline:
@@ -66,13 +55,22 @@ def build_models(params: MulticlassParams, n_jobs: int) -> dict[str, tuple[Any, 
     return models
 
 
-def check_pca(params: MulticlassParams, n_samples: int) -> None:
-    """PCA cannot keep more components than the images it is fitted on."""
+def check_sizes(params: MulticlassParams, cv_labels: np.ndarray, n_train: int) -> None:
+    """Every limit the data puts on the params, checked before the first model is fitted."""
+    subset = "multiclass.cv_max_samples" if params.cv_max_samples is not None else None
+    check_folds("multiclass.cv_folds", params.cv_folds, cv_labels, subset)
+    fold_size = fold_train_size(len(cv_labels), params.cv_folds)
     for name in ("svc_ovo", "svc_ovr"):
         svc = getattr(params.models, name)
-        if svc is not None and svc.pca_components is not None:
-            key = f"multiclass.models.{name}.pca_components"
-            check_at_most(key, svc.pca_components, n_samples, f"a CV fold trains on {n_samples} images")
+        if svc is None or svc.pca_components is None:
+            continue
+        key = f"multiclass.models.{name}"
+        # PCA cannot keep more components than the images it is fitted on, in a CV fold or in the final fit.
+        check_at_most(f"{key}.pca_components", svc.pca_components, fold_size, f"a CV fold trains on {fold_size} images")
+        fit_size = min(svc.max_train_samples or n_train, n_train)
+        check_at_least(
+            f"{key}.max_train_samples", fit_size, svc.pca_components, f"{key}.pca_components = {svc.pca_components}"
+        )
 
 
 def most_confused_pair(matrix: np.ndarray) -> tuple[int, int]:
@@ -99,24 +97,28 @@ def plot_confused_pair(
 
 def main() -> None:
     params = load_params("multiclass", MulticlassParams)
-    n_jobs = load_params("compute", ComputeParams).n_jobs
+    jobs = n_jobs()
     images, labels = load_split("train")
     class_names = load_class_names()
     features = to_features(images)
     cv_images, cv_features, cv_labels = first_n(params.cv_max_samples, images, features, labels)
-    check_folds("multiclass.cv_folds", params.cv_folds, cv_labels)
-    check_pca(params, fold_train_size(len(cv_labels), params.cv_folds))
+    check_sizes(params, cv_labels, len(labels))
     folds = StratifiedKFold(n_splits=params.cv_folds)
 
     metrics: dict[str, Any] = {}
     cv_predictions: dict[str, np.ndarray] = {}
-    for name, (model, fit_size) in build_models(params, n_jobs).items():
+    models = build_models(params, jobs)
+    for name, (model, fit_size) in models.items():
         log(f"{name}: {params.cv_folds}-fold CV on {len(cv_labels)} images")
-        cv_predictions[name] = cross_val_predict(model, cv_features, cv_labels, cv=folds, n_jobs=n_jobs)
-        metrics[name] = {"cv": {"accuracy": rounded(accuracy_score(cv_labels, cv_predictions[name]))}}
-        fit_features, fit_labels = first_n(fit_size, features, labels)
-        log(f"{name}: CV accuracy {metrics[name]['cv']['accuracy']:.4f}; fitting on {len(fit_labels)} images")
-        model.fit(fit_features, fit_labels)
+        with refused_by_estimator(f"multiclass.models.{name}"):
+            cv_predictions[name] = cross_val_predict(model, cv_features, cv_labels, cv=folds, n_jobs=jobs)
+            metrics[name] = {"cv": {"accuracy": rounded(accuracy_score(cv_labels, cv_predictions[name]))}}
+            fit_features, fit_labels = first_n(fit_size, features, labels)
+            log(f"{name}: CV accuracy {metrics[name]['cv']['accuracy']:.4f}; fitting on {len(fit_labels)} images")
+            model.fit(fit_features, fit_labels)
+
+    # Outputs only once every model is fitted: a refused param leaves nothing behind.
+    for name, (model, _) in models.items():
         save_model(MODELS_DIR / "multiclass" / f"{name}.skops", model)
     write_json(METRICS_DIR / "multiclass_cv.json", {"multiclass": metrics})
 

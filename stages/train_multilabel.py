@@ -5,48 +5,48 @@ from __future__ import annotations
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
-from common import (
-    METRICS_DIR,
-    MODELS_DIR,
-    check_at_most,
-    first_n,
-    fold_train_size,
-    load_params,
-    load_split,
-    log,
-    run_stage,
-    save_model,
-    to_features,
-    write_json,
-)
-from evaluation import multilabel_f1, multilabel_targets
-from schema import ComputeParams, KNNParams, MultilabelParams
+from mnist_dvc.arrays import first_n, load_split, to_features
+from mnist_dvc.files import write_json
+from mnist_dvc.metrics import multilabel_f1, multilabel_targets
+from mnist_dvc.models import save_model
+from mnist_dvc.params import check_at_most, fold_train_size, load_params
+from mnist_dvc.paths import METRICS_DIR, MODELS_DIR
+from mnist_dvc.runner import log, n_jobs, run_stage
+from mnist_dvc.schema import KNNParams, MultilabelParams
 
 
 def build_model(params: KNNParams, n_jobs: int) -> KNeighborsClassifier:
     return KNeighborsClassifier(**params.model_dump(), n_jobs=n_jobs)
 
 
-def main() -> None:
-    params = load_params("multilabel", MultilabelParams)
-    n_jobs = load_params("compute", ComputeParams).n_jobs
-    images, labels = load_split("train")
-    features, targets = to_features(images), multilabel_targets(labels)
-    model = build_model(params.knn, n_jobs)
-
-    cv_features, cv_targets = first_n(params.cv_max_samples, features, targets)
-    fold_size = fold_train_size(len(cv_targets), params.cv_folds)
+def check_sizes(params: MultilabelParams, n_samples: int) -> None:
+    """Every limit the data puts on the params, checked before the model is fitted."""
+    subset = " (multilabel.cv_max_samples)" if params.cv_max_samples is not None else ""
+    check_at_most(
+        "multilabel.cv_folds", params.cv_folds, n_samples, f"it cross-validates on {n_samples} images{subset}"
+    )
+    fold_size = fold_train_size(n_samples, params.cv_folds)
     check_at_most(
         "multilabel.knn.n_neighbors", params.knn.n_neighbors, fold_size, f"a CV fold trains on {fold_size} images"
     )
+
+
+def main() -> None:
+    params = load_params("multilabel", MultilabelParams)
+    images, labels = load_split("train")
+    features, targets = to_features(images), multilabel_targets(labels)
+    model = build_model(params.knn, n_jobs())
+
+    cv_features, cv_targets = first_n(params.cv_max_samples, features, targets)
+    check_sizes(params, len(cv_targets))
     log(f"knn: {params.cv_folds}-fold CV on {len(cv_targets)} images")
     predicted = cross_val_predict(model, cv_features, cv_targets, cv=KFold(n_splits=params.cv_folds))
     metrics = multilabel_f1(cv_targets, predicted)
     log(f"knn: CV {metrics}")
-    write_json(METRICS_DIR / "multilabel_cv.json", {"multilabel": {"knn": {"cv": metrics}}})
-
     model.fit(features, targets)
+
     save_model(MODELS_DIR / "multilabel" / "knn.skops", model)
+    write_json(METRICS_DIR / "multilabel_cv.json", {"multilabel": {"knn": {"cv": metrics}}})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The schema of params.yaml: one model per section, unknown keys refused.
 
-Model sections use the estimator's own argument names, so a section is passed on as keyword arguments.
+Model sections use the estimator's own argument names, so a section is passed on as keyword arguments. Every
+bound is one the estimator accepts too (a test builds each estimator at each bound), and size params have an
+upper bound so that an absurd value is refused at once instead of running for hours.
 """
 
 from __future__ import annotations
@@ -9,6 +11,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's random_state accept 0 .. 2**32 - 1
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+ClassIndex = Annotated[int, Field(ge=0, le=9, description="a class index: the digit, or the Fashion-MNIST item")]
+Folds = Annotated[int, Field(ge=2, le=100)]
+SampleCount = Annotated[int, Field(ge=10, le=1_000_000)]
+
 
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -16,25 +26,14 @@ class Params(BaseModel):
 
 class SplitParams(Params):
     test_size: float = Field(gt=0, lt=1, description="fraction held out when a dataset has no canonical split")
-    seed: int = Field(ge=0)
-
-
-class ComputeParams(Params):
-    n_jobs: int = Field(ge=-1, description="parallel workers for forests, CV and KNN; -1 = all cores")
-
-    @field_validator("n_jobs")
-    @classmethod
-    def not_zero(cls, n_jobs: int) -> int:
-        if n_jobs == 0:
-            raise ValueError("must be -1 (all cores) or a positive number of workers")
-        return n_jobs
+    seed: Seed
 
 
 class SGDParams(Params):
-    alpha: float = Field(gt=0)
-    max_iter: int = Field(ge=1)
+    alpha: Positive
+    max_iter: int = Field(ge=1, le=100_000)
     early_stopping: bool
-    random_state: int = Field(ge=0)
+    random_state: Seed
 
 
 class ScaledSGDParams(SGDParams):
@@ -42,19 +41,19 @@ class ScaledSGDParams(SGDParams):
 
 
 class ForestParams(Params):
-    n_estimators: int = Field(ge=1)
-    max_depth: int | None = Field(default=None, ge=1)
-    random_state: int = Field(ge=0)
+    n_estimators: int = Field(ge=1, le=5_000)
+    max_depth: int | None = Field(default=None, ge=1, le=1_000)
+    random_state: Seed
 
 
 class DummyParams(Params):
     strategy: Literal["most_frequent", "prior", "stratified", "uniform"]
-    random_state: int = Field(ge=0)
+    random_state: Seed
 
 
 class BinaryParams(Params):
-    digit: int = Field(ge=0, le=9, description="the class index to detect ('is it a 5?')")
-    cv_folds: int = Field(ge=2)
+    digit: ClassIndex
+    cv_folds: Folds
     target_precision: float = Field(gt=0, le=1)
     sgd: SGDParams
     dummy: DummyParams
@@ -62,10 +61,10 @@ class BinaryParams(Params):
 
 
 class SVCParams(Params):
-    C: float = Field(gt=0)
-    gamma: Literal["scale", "auto"] | Annotated[float, Field(gt=0)]
+    C: Positive
+    gamma: Literal["scale", "auto"] | Positive
     pca_components: int | None = Field(default=None, ge=1, le=784)
-    max_train_samples: int | None = Field(default=None, ge=10)
+    max_train_samples: SampleCount | None = None
 
 
 class MulticlassModels(Params):
@@ -80,8 +79,8 @@ class MulticlassModels(Params):
 
 
 class MulticlassParams(Params):
-    cv_folds: int = Field(ge=2)
-    cv_max_samples: int | None = Field(default=None, ge=10)
+    cv_folds: Folds
+    cv_max_samples: SampleCount | None = None
     models: MulticlassModels
 
     @field_validator("models")
@@ -93,11 +92,11 @@ class MulticlassParams(Params):
 
 
 class KNNParams(Params):
-    n_neighbors: int = Field(ge=1)
+    n_neighbors: int = Field(ge=1, le=1_000)
     weights: Literal["uniform", "distance"]
 
 
 class MultilabelParams(Params):
-    cv_folds: int = Field(ge=2)
-    cv_max_samples: int | None = Field(default=None, ge=10)
+    cv_folds: Folds
+    cv_max_samples: SampleCount | None = None
     knn: KNNParams

@@ -12,8 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from common import PLOTS_DIR, write_bytes, write_csv
-from evaluation import precision_recall_columns, roc_columns
+from mnist_dvc.files import write_bytes
 
 plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 
@@ -119,28 +118,3 @@ def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: s
         figure.colorbar(image, ax=axis, fraction=0.046)
     figure.suptitle(title)
     return figure
-
-
-def write_binary_curves(
-    truth: np.ndarray,
-    scores: dict[str, np.ndarray],
-    legends: dict[str, str],
-    part: str,
-    figure_stem: Path,
-    title: str,
-) -> dict[str, np.ndarray]:
-    """SGD's precision-recall curve and the ROC curves of `legends`' models: data for `dvc plots`, and PNGs.
-
-    Data files are named after `part` ('cv' or 'test'), figures start with `figure_stem`; returns SGD's curve.
-    """
-    curve = precision_recall_columns(truth, scores["sgd"])
-    write_csv(PLOTS_DIR / f"binary_{part}_pr_sgd.csv", curve)
-    rocs = {}
-    for name, legend in legends.items():
-        roc = roc_columns(truth, scores[name])
-        write_csv(PLOTS_DIR / f"binary_{part}_roc_{name}.csv", roc)
-        rocs[legend] = (roc["fpr"], roc["tpr"])
-    pr_figure = plot_curves("precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD {title}")
-    save_figure(Path(f"{figure_stem}precision_vs_recall.png"), pr_figure)
-    save_figure(Path(f"{figure_stem}roc.png"), plot_curves("roc", rocs, f"ROC {title}"))
-    return curve

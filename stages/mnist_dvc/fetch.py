@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common import UserError, atomic_path, log
+from mnist_dvc.files import atomic_path, remove_stale_temporaries
+from mnist_dvc.runner import UserError, log
 
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -37,7 +37,6 @@ TIMEOUT = 30.0  # seconds for the connect and for each read: a stalled mirror is
 RETRIES = 2  # further attempts after a transient failure (timeout, cut connection, HTTP 5xx or 429)
 BACKOFF = 1.0  # seconds before the first retry, doubled for each next one
 CHUNK = 1 << 20
-STALE_DOWNLOAD_SECONDS = 3600  # a temporary file untouched this long is a killed download's
 MAX_IDX_BYTES = 100_000_000  # no 28x28 IDX file is larger: refuse a gzip bomb instead of filling memory
 USER_AGENT = "mnist-dvc"  # some mirrors refuse urllib's default agent
 
@@ -309,14 +308,6 @@ def failure_message(dataset: IdxDataset, failures: Sequence[str]) -> str:
     )
 
 
-def remove_stale_downloads(folder: Path) -> None:
-    """Delete temporary files of downloads that were killed; recent ones may belong to a running experiment."""
-    for leftover in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):  # another process may remove it first
-            if time.time() - leftover.stat().st_mtime > STALE_DOWNLOAD_SECONDS:
-                leftover.unlink()
-
-
 def fetch_dataset(
     dataset: IdxDataset, mirrors: Sequence[str], cache_dir: Path, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -329,7 +320,7 @@ def fetch_dataset(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"cannot create the download cache {folder} ({error}): set MNIST_DVC_CACHE") from None
-    remove_stale_downloads(folder)
+    remove_stale_temporaries(folder)
     arrays: dict[str, np.ndarray] = {}
     for name in IDX_FILES:
         array = cached(folder / name, dataset.digests[name], n_classes)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
-from common import UserError
-from fetch import Digests, IdxDataset, OpenML, SourceError, fetch_dataset, pixel_rows_to_images
-from schema import Params
+from mnist_dvc.fetch import Digests, IdxDataset, OpenML, SourceError, fetch_dataset, pixel_rows_to_images
+from mnist_dvc.runner import UserError
+from mnist_dvc.schema import Params
 
 DIGITS = tuple(str(digit) for digit in range(10))
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

@@ -1,0 +1,101 @@
+"""The image arrays between stages: .npy files checked on load, the dataset's description, features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mnist_dvc.files import atomic_path, read_json
+from mnist_dvc.paths import SPLIT_DIR, display_path
+from mnist_dvc.runner import UserError
+
+SIDE = 28
+
+
+class DatasetInfo(BaseModel):
+    """dataset.json beside the arrays: the dataset's name, class names, and where a canonical test part starts."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(min_length=1)
+    class_names: list[str] = Field(min_length=2, max_length=256)
+    test_start: int | None = Field(default=None, ge=1)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        np.save(out, array, allow_pickle=False)
+
+
+def load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
+    """Load a .npy file written by a stage, checking it is what the pipeline expects."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{display_path(path)}: file not found (run the stage that writes it: `dvc repro`)") from None
+    except Exception as error:  # a damaged header fails in the header parser's own ways (SyntaxError, TokenError)
+        reason = f"{type(error).__name__}: {error}".splitlines()[0]
+        raise UserError(f"{display_path(path)}: not a valid .npy array file, corrupt or truncated ({reason})") from None
+    if array.dtype != dtype or array.ndim != ndim:
+        raise UserError(
+            f"{display_path(path)}: expected a {ndim}-d {np.dtype(dtype).name} array, "
+            f"got {array.ndim}-d {array.dtype.name}"
+        )
+    return array
+
+
+def load_dataset_info(folder: Path) -> DatasetInfo:
+    path = folder / "dataset.json"
+    try:
+        return DatasetInfo.model_validate(read_json(path))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors(include_url=False)
+        )
+        raise UserError(
+            f'{display_path(path)}: expected {{"name": "...", "class_names": [two or more names], '
+            f'"test_start": null or a whole number}} ({problems})'
+        ) from None
+
+
+def load_class_names(folder: Path = SPLIT_DIR) -> list[str]:
+    return load_dataset_info(folder).class_names
+
+
+def load_labelled_images(folder: Path, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Images (n, 28, 28) uint8 and labels (n,) uint8 from `<prefix>images.npy` and `<prefix>labels.npy`."""
+    images_path, labels_path = folder / f"{prefix}images.npy", folder / f"{prefix}labels.npy"
+    images, labels = load_array(images_path, np.uint8, 3), load_array(labels_path, np.uint8, 1)
+    n_classes = len(load_class_names(folder))
+    if images.shape[1:] != (SIDE, SIDE) or len(images) == 0:
+        raise UserError(
+            f"{display_path(images_path)}: expected images of {SIDE}x{SIDE} pixels, got an array of shape "
+            f"{images.shape}"
+        )
+    if len(images) != len(labels):
+        raise UserError(
+            f"{display_path(labels_path)}: {len(labels)} labels for the {len(images)} images of {images_path.name}"
+        )
+    if labels.max() >= n_classes:
+        raise UserError(
+            f"{display_path(labels_path)}: label {labels.max()} out of range for the {n_classes} classes of "
+            "dataset.json"
+        )
+    return images, labels
+
+
+def load_split(part: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 'train' or 'test' part written by the split stage."""
+    return load_labelled_images(SPLIT_DIR, f"{part}_")
+
+
+def to_features(images: np.ndarray) -> np.ndarray:
+    """Flatten (n, 28, 28) uint8 images to (n, 784) float32 pixels in [0, 1]."""
+    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+
+
+def first_n(n: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The first n rows of each array (all rows when n is None): a subset knob for slow models."""
+    return tuple(array[:n] for array in arrays)

@@ -1,0 +1,137 @@
+"""Files every stage writes and reads: atomic writes, JSON and CSV, and the leftovers of killed writes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_dvc.paths import display_path
+from mnist_dvc.runner import UserError
+
+STALE_SECONDS = 3600  # a temporary file untouched this long is a killed writer's, not a running one's
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete `.name.*.tmp` files of killed writes; recent ones may belong to a running experiment."""
+    try:
+        leftovers = list(folder.glob(".*.tmp"))
+    except OSError:
+        return
+    for leftover in leftovers:
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if time.time() - leftover.stat().st_mtime > STALE_SECONDS:
+                leftover.unlink()
+
+
+def _cannot_write(path: Path, error: OSError) -> UserError:
+    reason = "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
+    return UserError(f"{display_path(path)}: cannot write it ({reason})")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    A killed or failing stage therefore never leaves a file that looks complete; the temporary files of a
+    killed one are removed by the next write into the same folder once they are stale.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _cannot_write(path, error) from None
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs get the usual mode
+        os.replace(tmp, path)
+    except OSError as error:
+        raise _cannot_write(path, error) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON that every reader accepts: a NaN or infinity is a bug here, never written."""
+    try:
+        text = json.dumps(data, indent=2, allow_nan=False)
+    except ValueError as error:
+        raise ValueError(f"{path}: refusing to write a non-finite number ({error})") from None
+    write_bytes(path, (text + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{display_path(path)}: file not found (run the stage that writes it: `dvc repro`)") from None
+    except OSError as error:
+        raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{display_path(path)}: not valid JSON ({error})") from None
+
+
+def json_value(path: Path, data: Any, keys: str) -> Any:
+    """data[key1][key2]... (`keys` dotted) of a JSON file read before, or a message naming the missing key."""
+    parts = keys.split(".")
+    for depth, key in enumerate(parts):
+        if not isinstance(data, dict) or key not in data:
+            missing = ".".join(parts[: depth + 1])
+            raise UserError(f"{display_path(path)}: missing key '{missing}' (run `dvc repro` to rewrite it)")
+        data = data[key]
+    return data
+
+
+def json_number(path: Path, data: Any, keys: str, nullable: bool = False) -> float | None:
+    """A finite number at `keys` (or null if `nullable`): a hand-edited `"accuracy": "high"` is named, no crash."""
+    value = json_value(path, data, keys)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"{display_path(path)}: '{keys}' should be a number, got {value!r} (run `dvc repro`)")
+    return float(value)
+
+
+def write_csv(path: Path, columns: dict[str, np.ndarray], digits: int = 4) -> None:
+    """Write equal-length columns as CSV; floats with `digits` significant digits, so the bytes are stable."""
+    names = list(columns)
+    rows = zip(*(columns[name] for name in names), strict=True)
+    lines = [",".join(names)]
+    lines += [",".join(_format_cell(cell, digits) for cell in row) for row in rows]
+    write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _format_cell(cell: Any, digits: int) -> str:
+    if isinstance(cell, (float, np.floating)):
+        return f"{float(cell):.{digits}g}"
+    return str(cell)

@@ -1,0 +1,107 @@
+"""Model files: skops archives, written canonically so the same model gives the same bytes, loaded trusting only
+the types the pipeline writes. Nothing is pickled, ever."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from mnist_dvc.files import write_bytes
+from mnist_dvc.paths import display_path
+from mnist_dvc.runner import UserError
+
+# skops trusts scikit-learn's estimators and numpy's arrays by default. These are the only other types the
+# pipeline's models contain; a file naming anything else is refused.
+TRUSTED_MODEL_TYPES = ["sklearn.tree._tree.Tree"]
+
+_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def canonical_skops(raw: bytes) -> bytes:
+    """Rewrite a skops archive so that the same model always gives the same bytes.
+
+    skops names objects and array entries after memory addresses and stamps zip entries with
+    the clock. Renumber the addresses in order of appearance, fix the timestamps and the entry
+    metadata, and store entries uncompressed (deflate's bytes depend on the zlib build).
+    """
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        schema = json.loads(archive.read("schema.json"))
+        ids: dict[int, int] = {}
+        files: dict[str, str] = {}
+
+        def renumber(node: Any) -> Any:
+            if isinstance(node, dict):
+                result = {}
+                for key, value in node.items():
+                    if key == "__id__":
+                        # From 1: skops shares objects only under a non-zero id.
+                        value = ids.setdefault(value, len(ids) + 1)
+                    elif key == "file" and isinstance(value, str):
+                        value = files.setdefault(value, f"{len(files)}{Path(value).suffix}")
+                    else:
+                        value = renumber(value)
+                    result[key] = value
+                return result
+            if isinstance(node, list):
+                return [renumber(item) for item in node]
+            return node
+
+        schema = renumber(schema)
+        unreferenced = set(archive.namelist()) - {"schema.json", *files}
+        if unreferenced:
+            # A skops release that writes other entries: copying only the referenced ones would drop them.
+            raise RuntimeError(f"skops wrote entries the schema does not reference: {sorted(unreferenced)}")
+        entries = {new: archive.read(old) for old, new in files.items()}
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in [("schema.json", json.dumps(schema, indent=2).encode()), *entries.items()]:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
+            info.create_system = 3  # unix, whatever the platform
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def save_model(path: Path, model: Any) -> None:
+    import skops.io as sio
+
+    write_bytes(path, canonical_skops(sio.dumps(model)))
+
+
+def load_model(path: Path, expected: type | tuple[type, ...], n_features: int) -> Any:
+    """Load a model with skops, trusting only the types the pipeline writes, and check it is the kind expected.
+
+    A valid file of another model (a binary SGD where the multilabel KNN belongs) is refused here, before a stage
+    writes anything, rather than failing halfway through.
+    """
+    import skops.io as sio
+
+    shown = display_path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{shown}: model file not found (run `dvc repro`)") from None
+    except OSError as error:
+        raise UserError(f"{shown}: cannot read the model file ({error.strerror})") from None
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as error:  # a damaged archive or schema fails in many ways
+        raise UserError(f"{shown}: not a valid skops model file ({type(error).__name__}: {error})") from None
+    refused = sorted(set(untrusted) - set(TRUSTED_MODEL_TYPES))
+    if refused:
+        raise UserError(f"{shown}: refused to load, the file names untrusted types: {', '.join(refused)}")
+    try:
+        model = sio.loads(data, trusted=untrusted)
+    except Exception as error:  # skops raises many kinds on a damaged archive
+        raise UserError(f"{shown}: could not load the model ({type(error).__name__}: {error})") from None
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if not isinstance(model, kinds):
+        wanted = " or ".join(kind.__name__ for kind in kinds)
+        raise UserError(f"{shown}: holds a {type(model).__name__}, expected a {wanted} (run `dvc repro`)")
+    if getattr(model, "n_features_in_", None) != n_features:
+        raise UserError(f"{shown}: the model is not fitted on {n_features} pixels (run `dvc repro`)")
+    return model

@@ -1,0 +1,117 @@
+"""Reading params.yaml: one key (a section or a single value) validated against its schema, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar, get_args
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from mnist_dvc.paths import PARAMS_FILE, display_path
+from mnist_dvc.runner import UserError
+
+Value = TypeVar("Value")
+
+
+def _walk(schema: Any, loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    """The params keys that `loc` names, and the keys allowed where it ends.
+
+    pydantic's locations also name union members (e.g. `float` for `gamma`), which are no params keys.
+    """
+    model: Any = schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
+    keys: list[str] = []
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            break
+        keys.append(str(part))
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *get_args(annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    allowed = list(model.model_fields) if model is not None else []
+    return keys, allowed
+
+
+def _describe_errors(errors: list[Any], key: str, schema: Any) -> list[str]:
+    """One line per bad key: the key path, the value, what is allowed."""
+    lines: dict[str, list[str]] = {}
+    for error in errors:
+        keys, _ = _walk(schema, error["loc"])
+        path = ".".join([key, *keys])
+        if error["type"] == "extra_forbidden":
+            parent_keys, allowed = _walk(schema, error["loc"][:-1])
+            path = ".".join([key, *parent_keys, str(error["loc"][-1])])
+            lines.setdefault(f"{path}: unknown key (allowed: {', '.join(allowed)})", [])
+        elif error["type"] == "missing":
+            lines.setdefault(f"{path}: missing (required)", [])
+        else:
+            message = error["msg"].removeprefix("Value error, ")  # pydantic's wording for a validator's message
+            lines.setdefault(f"{path} = {error['input']!r}", []).append(message)
+    return [f"{head}: {' or '.join(messages)}" if messages else head for head, messages in lines.items()]
+
+
+def read_key(params: Any, key: str) -> Any:
+    """params[a][b]... for the dotted `key`, or a message naming the first part that is missing."""
+    node = params
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"{display_path(PARAMS_FILE)}: '{'.'.join(parts[: depth + 1])}' is missing")
+        node = node[part]
+    return node
+
+
+def load_params(key: str, schema: type[Value], params_file: Path = PARAMS_FILE) -> Value:
+    """Read one key of params.yaml (a section like `binary`, or one value like `binary.digit`) and validate it.
+
+    `dvc.yaml` declares the same keys for the stage, so a stage depends on exactly the params it reads.
+    """
+    path = params_file
+    try:
+        params = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{display_path(path)}: not valid YAML ({error})") from None
+    if not isinstance(params, dict):
+        raise UserError(f"{display_path(path)}: expected a mapping of sections (data, split, binary, ...)")
+    value = read_key(params, key)
+    try:
+        return TypeAdapter(schema).validate_python(value, strict=True)
+    except ValidationError as error:
+        problems = _describe_errors(error.errors(), key, schema)
+        raise UserError(f"{display_path(path)}: invalid params:\n  " + "\n  ".join(problems)) from None
+
+
+def check_at_most(key: str, value: int, limit: int, reason: str) -> None:
+    """A param the data cannot support: name it, say why, and what to use instead."""
+    if value > limit:
+        raise UserError(f"{PARAMS_FILE.name}: {key} = {value}, but {reason}: use at most {limit}")
+
+
+def check_at_least(key: str, value: int, limit: int, reason: str) -> None:
+    if value < limit:
+        raise UserError(f"{PARAMS_FILE.name}: {key} = {value}, but {reason}: use at least {limit}")
+
+
+def check_folds(key: str, folds: int, labels: np.ndarray, subset_key: str | None = None) -> None:
+    """Stratified folds need every class present at least `folds` times.
+
+    `subset_key` names the param that chose these labels (the first N images), the other way to fix it.
+    """
+    counts = np.bincount(labels)
+    smallest = int(counts[counts > 0].min())
+    where = f"the {len(labels)} images it cross-validates on" if subset_key else "the training images"
+    reason = f"the rarest class has {smallest} images among {where}"
+    if subset_key and folds > smallest:
+        raise UserError(
+            f"{PARAMS_FILE.name}: {key} = {folds}, but {reason} (set by {subset_key}): "
+            f"use at most {smallest} folds, or raise {subset_key}"
+        )
+    check_at_most(key, folds, smallest, reason)
+
+
+def fold_train_size(n_samples: int, folds: int) -> int:
+    """The fewest images any cross-validation fold trains on."""
+    return n_samples - -(-n_samples // folds)

@@ -1,0 +1,42 @@
+"""Where the pipeline reads and writes: the one place for each path (dvc.yaml declares the same ones).
+
+A test runs every stage and checks that each file it writes lies inside one of that stage's `outs`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS_FILE = ROOT / "params.yaml"
+RAW_DIR = ROOT / "data" / "raw"
+SPLIT_DIR = ROOT / "data" / "split"
+MODELS_DIR = ROOT / "data" / "models"
+THRESHOLD_FILE = MODELS_DIR / "binary" / "sgd_threshold.json"  # full precision, applied by evaluate
+REPORTS_DIR = ROOT / "reports"
+METRICS_DIR = REPORTS_DIR / "metrics"
+PLOTS_DIR = REPORTS_DIR / "plots"
+FIGURES_DIR = REPORTS_DIR / "figures"
+
+# DVC runs queued and temporary experiments in a copy of the repo under <repo>/.dvc/tmp/exps/.
+_EXPERIMENT_COPIES = (".dvc", "tmp", "exps")
+
+
+def user_root(root: Path = ROOT) -> Path:
+    """The repo the user works in: `root`, or the repo holding it when `root` is a DVC experiment copy.
+
+    Relative paths a user writes in params.yaml (a mirror folder) mean the same folder in both cases.
+    """
+    parts = root.parts
+    for index in range(len(parts) - len(_EXPERIMENT_COPIES)):
+        if parts[index : index + len(_EXPERIMENT_COPIES)] == _EXPERIMENT_COPIES:
+            return Path(*parts[:index])
+    return root
+
+
+def display_path(path: Path) -> str:
+    """A path inside the repo as messages show it (`data/split/train_images.npy`); others stay absolute."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)

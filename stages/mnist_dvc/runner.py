@@ -1,0 +1,67 @@
+"""How every stage runs: `--help`, threads pinned, worker count from the environment, user errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from threadpoolctl import threadpool_limits
+
+JOBS_VARIABLE = "MNIST_DVC_JOBS"
+# Thread pools of BLAS and OpenMP: pinned to one thread, in this process and in joblib's workers, because
+# a kernel's summation order depends on its thread count and results must not depend on the machine.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+class UserError(Exception):
+    """A mistake in params, data, model files or the environment: reported as one line, no traceback."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def n_jobs() -> int:
+    """Worker processes for forests, cross-validation and KNN: `$MNIST_DVC_JOBS`, else every available core.
+
+    Where the work runs never changes a result, so this is not a param: changing it reruns nothing.
+    """
+    cores = available_cores()
+    value = os.environ.get(JOBS_VARIABLE, "").strip()
+    if not value:
+        return cores
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{JOBS_VARIABLE}={value!r}: expected a whole number of workers, at least 1")
+    if int(value) > cores:
+        log(f"{JOBS_VARIABLE}={value}, but only {cores} cores are available: using {cores}")
+    return min(int(value), cores)
+
+
+@contextmanager
+def refused_by_estimator(key: str) -> Iterator[None]:
+    """A value scikit-learn refuses on this data (what the stages' own checks do not foresee): name the params."""
+    try:
+        yield
+    except ValueError as error:
+        reason = str(error).splitlines()[0]
+        raise UserError(f"params.yaml: {key}: scikit-learn refused it on this data ({reason})") from None
+
+
+def run_stage(main: Callable[[], None], description: str) -> None:
+    """Entry point of every stage: `--help`, then `main()` with one BLAS/OpenMP thread, user errors as one line."""
+    argparse.ArgumentParser(description=description).parse_args()
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # inherited by joblib's worker processes
+    try:
+        with threadpool_limits(limits=1):
+            main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
