@@ -61,7 +61,7 @@ def dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
 @pytest.fixture(scope="session")
 def sample() -> tuple[np.ndarray, np.ndarray]:
     """600 real MNIST digits (60 per class) from the offline sample, shuffled."""
-    from datasets import DataSource, load_mnist_sample
+    from mnist_dvc.datasets import DataSource, load_mnist_sample
 
     dataset = load_mnist_sample(DataSource(mirrors=(), cache_dir=Path("unused")))
     keep = np.random.default_rng(0).permutation(np.concatenate([np.arange(c * 500, c * 500 + 60) for c in range(10)]))

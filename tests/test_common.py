@@ -9,17 +9,17 @@ import sys
 import zipfile
 from pathlib import Path
 
+import common
 import numpy as np
 import pytest
 import yaml
+from common import UserError
+from datasets import DataParams
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-import common
-from common import UserError
-from datasets import DataParams
-from schema import BinaryParams, ComputeParams, MulticlassParams, MultilabelParams, SplitParams
+from mnist_dvc.schema import BinaryParams, ComputeParams, MulticlassParams, MultilabelParams, SplitParams
 
 
 def write_params(tmp_path: Path, text: str) -> Path:

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, run
 
-import datasets
-import fetch
-from common import UserError
-from fetch import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, IdxDataset, OpenML
+from conftest import ROOT, run
+from mnist_dvc import datasets, fetch, files
+from mnist_dvc.fetch import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, IdxDataset, OpenML
+from mnist_dvc.runner import UserError
 
 N_TRAIN = 20
 TEST_IMAGES = TEST_FILES[0]
@@ -217,7 +216,7 @@ def test_temporary_files_of_killed_downloads_are_removed_once_stale(server, cach
     stale, fresh = folder / f".{TRAIN_FILES[0]}.killed.tmp", folder / f".{TRAIN_FILES[1]}.running.tmp"
     stale.write_bytes(b"half a download")
     fresh.write_bytes(b"a download under way")
-    an_hour_ago = time.time() - fetch.STALE_DOWNLOAD_SECONDS - 1
+    an_hour_ago = time.time() - files.STALE_SECONDS - 1
     os.utime(stale, (an_hour_ago, an_hour_ago))
     load(cache, url)
     assert not stale.exists() and fresh.exists()

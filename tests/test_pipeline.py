@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, copy_repo, dvc, run, tool_env
 
-from common import load_model
+from conftest import ROOT, copy_repo, dvc, run, tool_env
+from mnist_dvc.models import load_model
 
 STAGES = ["download", "split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
 

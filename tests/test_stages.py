@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, run
 from sklearn.model_selection import StratifiedKFold
 
-import evaluation
-import figures
 import split
 import train_binary
 import train_multiclass
-from schema import BinaryParams, MulticlassParams, SplitParams
+from conftest import ROOT, run
+from mnist_dvc import figures
+from mnist_dvc import metrics as evaluation
+from mnist_dvc.schema import BinaryParams, MulticlassParams, SplitParams
 
 STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
 
