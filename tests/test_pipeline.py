@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_repo, dvc, run, tool_env
-from mnist_dvc.models import load_model
+from mnist_dvc.models import read_model
 
 STAGES = ["download", "split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
 
@@ -167,7 +167,7 @@ def test_a_stage_killed_midway_recovers_to_the_clean_lock(scratch):
     process.wait()
     assert midway()
     for model in models.glob("*.skops"):
-        load_model(model)  # whatever carries an output's name is complete
+        read_model(model)  # whatever carries an output's name is complete
 
     result = dvc(["repro"], scratch)
     assert "train_multiclass" in ran_stages(result.stdout)

@@ -224,7 +224,7 @@ def test_truncated_data_file_is_named(workspace, tmp_path):
 
 
 def test_tampered_model_is_refused_by_evaluate(workspace, tmp_path):
-    from test_common import tamper
+    from test_models import tamper
 
     root = fresh_copy(workspace, tmp_path / "ws")
     (root / "reports/metrics/test.json").unlink()

@@ -9,6 +9,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mnist_dvc.files import write_bytes
 from mnist_dvc.paths import display_path
 from mnist_dvc.runner import UserError
@@ -18,6 +20,24 @@ from mnist_dvc.runner import UserError
 TRUSTED_MODEL_TYPES = ["sklearn.tree._tree.Tree"]
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def zero_padding(npy: bytes) -> bytes:
+    """An .npy record array with its padding bytes zeroed; any other array unchanged.
+
+    A tree's nodes are records of 57 bytes padded to 64, and the padding holds whatever memory the tree was built
+    in: without this, the same forest gives other bytes from one run (or one load and save) to the next.
+    """
+    array = np.load(io.BytesIO(npy), allow_pickle=False)
+    fields = array.dtype.fields
+    if not fields or sum(dtype.itemsize for dtype, *_ in fields.values()) == array.dtype.itemsize:
+        return npy
+    clean = np.zeros(array.shape, array.dtype)
+    for name in fields:
+        clean[name] = array[name]
+    buffer = io.BytesIO()
+    np.save(buffer, clean, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def canonical_skops(raw: bytes) -> bytes:
@@ -54,7 +74,10 @@ def canonical_skops(raw: bytes) -> bytes:
         if unreferenced:
             # A skops release that writes other entries: copying only the referenced ones would drop them.
             raise RuntimeError(f"skops wrote entries the schema does not reference: {sorted(unreferenced)}")
-        entries = {new: archive.read(old) for old, new in files.items()}
+        entries = {
+            new: zero_padding(archive.read(old)) if new.endswith(".npy") else archive.read(old)
+            for old, new in files.items()
+        }
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -72,12 +95,8 @@ def save_model(path: Path, model: Any) -> None:
     write_bytes(path, canonical_skops(sio.dumps(model)))
 
 
-def load_model(path: Path, expected: type | tuple[type, ...], n_features: int) -> Any:
-    """Load a model with skops, trusting only the types the pipeline writes, and check it is the kind expected.
-
-    A valid file of another model (a binary SGD where the multilabel KNN belongs) is refused here, before a stage
-    writes anything, rather than failing halfway through.
-    """
+def read_model(path: Path) -> Any:
+    """Load a skops file, trusting only the types the pipeline writes; any damage is named, never a traceback."""
     import skops.io as sio
 
     shown = display_path(path)
@@ -95,13 +114,22 @@ def load_model(path: Path, expected: type | tuple[type, ...], n_features: int) -
     if refused:
         raise UserError(f"{shown}: refused to load, the file names untrusted types: {', '.join(refused)}")
     try:
-        model = sio.loads(data, trusted=untrusted)
+        return sio.loads(data, trusted=untrusted)
     except Exception as error:  # skops raises many kinds on a damaged archive
         raise UserError(f"{shown}: could not load the model ({type(error).__name__}: {error})") from None
+
+
+def load_model(path: Path, expected: type | tuple[type, ...], n_features: int) -> Any:
+    """`read_model`, then check it is the kind of model expected, fitted on `n_features` features.
+
+    A valid file of another model (a binary SGD where the multilabel KNN belongs) is refused here, before a stage
+    writes anything, rather than failing halfway through.
+    """
+    model = read_model(path)
     kinds = expected if isinstance(expected, tuple) else (expected,)
     if not isinstance(model, kinds):
         wanted = " or ".join(kind.__name__ for kind in kinds)
-        raise UserError(f"{shown}: holds a {type(model).__name__}, expected a {wanted} (run `dvc repro`)")
+        raise UserError(f"{display_path(path)}: holds a {type(model).__name__}, expected a {wanted} (run `dvc repro`)")
     if getattr(model, "n_features_in_", None) != n_features:
-        raise UserError(f"{shown}: the model is not fitted on {n_features} pixels (run `dvc repro`)")
+        raise UserError(f"{display_path(path)}: the model is not fitted on {n_features} features (run `dvc repro`)")
     return model
