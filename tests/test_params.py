@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from mnist_dvc.datasets import DataParams
 from mnist_dvc.params import load_params
 from mnist_dvc.paths import ROOT
 from mnist_dvc.runner import UserError
-from mnist_dvc.schema import BinaryParams, MulticlassParams, MultilabelParams, SplitParams
+from mnist_dvc.schema import BinaryParams, ClassIndex, MulticlassParams, MultilabelParams, SplitParams
 
 
 def write_params(tmp_path: Path, text: str) -> Path:
@@ -123,6 +125,9 @@ def test_a_union_param_gets_one_line_with_what_is_allowed(tmp_path):
     ]
 
 
+COMMITTED = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
 @pytest.mark.parametrize(
     ("section", "schema"),
     [
@@ -133,5 +138,112 @@ def test_a_union_param_gets_one_line_with_what_is_allowed(tmp_path):
         ("multilabel", MultilabelParams),
     ],
 )
-def test_the_committed_params_are_valid(section, schema):
-    assert load_params(section, schema) is not None
+def test_the_committed_params_are_valid_and_read_as_written(section, schema):
+    assert load_params(section, schema).model_dump(exclude_none=True) == drop_nulls(COMMITTED[section])
+
+
+def drop_nulls(node):
+    if isinstance(node, dict):
+        return {key: drop_nulls(value) for key, value in node.items() if value is not None}
+    return node
+
+
+def test_a_single_value_is_read_and_checked_at_its_key(tmp_path):
+    assert load_params("binary.digit", ClassIndex) == COMMITTED["binary"]["digit"]
+    path = write_params(tmp_path, "binary: {digit: 12}\n")
+    with pytest.raises(UserError, match=r"binary.digit = 12: Input should be less than or equal to 9"):
+        load_params("binary.digit", ClassIndex, path)
+    with pytest.raises(UserError, match=r"'binary.digit' is missing"):
+        load_params("binary.digit", ClassIndex, write_params(tmp_path, "binary: {}\n"))
+
+
+# --- every value the schema lets through is one scikit-learn accepts ------------------------------
+
+ESTIMATOR_SECTIONS = {"binary": BinaryParams, "multiclass": MulticlassParams, "multilabel": MultilabelParams}
+
+
+def numeric_leaves(schema: dict, defs: dict, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], list[float]]:
+    """Every number in a JSON schema of params, with its extreme allowed values (both ends)."""
+    if "$ref" in schema:
+        return numeric_leaves(defs[schema["$ref"].split("/")[-1]], defs, path)
+    leaves: dict[tuple[str, ...], list[float]] = {}
+    for key, node in schema.get("properties", {}).items():
+        leaves.update(numeric_leaves(node, defs, (*path, key)))
+    for option in schema.get("anyOf", []):
+        leaves.update(numeric_leaves(option, defs, path))
+    if schema.get("type") in ("integer", "number"):
+        step = 1 if schema["type"] == "integer" else 1e-9
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1e300) + step)
+        high = schema.get(
+            "maximum", schema.get("exclusiveMaximum", 1e300) - step if schema["type"] == "number" else 10**9
+        )
+        leaves[path] = [low, high]
+    return leaves
+
+
+def estimators_in(model) -> list:
+    from sklearn.base import BaseEstimator
+
+    return [model, *(value for value in model.get_params(deep=True).values() if isinstance(value, BaseEstimator))]
+
+
+def build_all(section: str, params):
+    import train_binary
+    import train_multiclass
+    import train_multilabel
+
+    if section == "binary":
+        return list(train_binary.build_models(params, n_jobs=1).values())
+    if section == "multiclass":
+        return [model for model, _ in train_multiclass.build_models(params, n_jobs=1).values()]
+    return [train_multilabel.build_model(params.knn, n_jobs=1)]
+
+
+CASES = [
+    (section, path, value)
+    for section, schema in ESTIMATOR_SECTIONS.items()
+    for path, values in numeric_leaves(schema.model_json_schema(), schema.model_json_schema().get("$defs", {})).items()
+    for value in values
+]
+
+
+@pytest.mark.parametrize(("section", "path", "value"), CASES, ids=[f"{s}.{'.'.join(p)}={v:g}" for s, p, v in CASES])
+def test_every_bound_of_the_schema_is_accepted_by_the_estimators(section, path, value):
+    params = copy.deepcopy(COMMITTED[section])
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    validated = ESTIMATOR_SECTIONS[section].model_validate(params)  # the schema lets it through ...
+    for model in build_all(section, validated):
+        for estimator in estimators_in(model):
+            estimator._validate_params()  # ... and so does scikit-learn's own check
+
+
+def test_the_bounds_cover_every_estimator_number():
+    covered = {".".join((section, *path)) for section, path, _ in CASES}
+    assert {"binary.sgd.alpha", "binary.forest.n_estimators", "binary.dummy.random_state"} <= covered
+    assert {"multiclass.models.svc_ovo.C", "multiclass.models.svc_ovr.gamma", "multilabel.knn.n_neighbors"} <= covered
+    assert "multiclass.models.svc_ovo.pca_components" in covered
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("binary.sgd.alpha", float("nan"), "Input should be a finite number"),
+        ("binary.sgd.random_state", 2**32, "Input should be less than or equal to 4294967295"),
+        ("binary.forest.n_estimators", 1_000_000_000, "Input should be less than or equal to 5000"),
+        ("multiclass.models.svc_ovo.C", float("inf"), "Input should be a finite number"),
+        ("multilabel.cv_folds", True, "Input should be a valid integer"),
+    ],
+)
+def test_values_the_estimators_would_refuse_are_refused_first(tmp_path, key, value, expected):
+    params = copy.deepcopy(COMMITTED)
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    section = key.split(".")[0]
+    with pytest.raises(UserError, match=re.escape(f"{key} = {value!r}: {expected}")):
+        load_params(section, ESTIMATOR_SECTIONS[section], write_params(tmp_path, yaml.safe_dump(params)))
