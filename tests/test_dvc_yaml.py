@@ -1,4 +1,4 @@
-"""dvc.yaml says exactly what each stage depends on: its code, transitively, and the params it reads."""
+"""dvc.yaml says exactly what each stage depends on: its code, transitively, and the params keys it reads."""
 
 from __future__ import annotations
 
@@ -11,32 +11,42 @@ import yaml
 from conftest import ROOT
 
 STAGES_DIR = ROOT / "stages"
+PACKAGE = "mnist_dvc"
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+def module_file(name: str) -> Path:
+    return STAGES_DIR / (name.replace(".", "/") + ".py")
+
+
 def local_imports(module: Path) -> set[str]:
-    """Modules of stages/ that `module` imports, anywhere in its code."""
+    """Modules of the project's package that `module` imports, anywhere in its code."""
     names = set()
     for node in ast.walk(ast.parse(module.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-    return {name for name in names if (STAGES_DIR / f"{name}.py").exists()}
+    return {name for name in names if name.split(".")[0] == PACKAGE and module_file(name).exists()}
 
 
 def code_of(stage: str) -> set[str]:
-    seen, todo = set(), [stage]
+    """The stage's script, every package module it imports transitively, and the package's __init__."""
+    seen: set[Path] = set()
+    todo = [STAGES_DIR / f"{stage}.py"]
     while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(local_imports(STAGES_DIR / f"{name}.py"))
-    return {f"stages/{name}.py" for name in seen}
+        path = todo.pop()
+        if path not in seen:
+            seen.add(path)
+            todo.extend(module_file(name) for name in local_imports(path))
+    if len(seen) > 1:
+        seen.add(STAGES_DIR / PACKAGE / "__init__.py")
+    return {str(path.relative_to(ROOT)) for path in seen}
 
 
-def sections_read(stage: str) -> set[str]:
-    """The params.yaml sections the stage's script loads with load_params."""
+def keys_read(stage: str) -> set[str]:
+    """The params keys the stage's script loads with load_params: a section (`binary`) or one value."""
     tree = ast.parse((STAGES_DIR / f"{stage}.py").read_text())
     return {
         node.args[0].value
@@ -52,6 +62,16 @@ def test_deps_list_exactly_the_code_the_stage_runs(stage):
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
-def test_params_match_the_sections_the_stage_reads(stage):
-    declared = {param.split(".")[0] for param in PIPELINE[stage].get("params", [])}
-    assert declared == sections_read(stage)
+def test_params_list_exactly_the_keys_the_stage_reads(stage):
+    assert set(PIPELINE[stage].get("params", [])) == keys_read(stage)
+
+
+def test_model_file_code_reruns_only_the_stages_that_save_or_load_models():
+    users = {stage for stage in PIPELINE if f"stages/{PACKAGE}/models.py" in PIPELINE[stage]["deps"]}
+    assert users == {"train_binary", "train_multiclass", "train_multilabel", "evaluate"}
+    assert f"stages/{PACKAGE}/metrics.py" not in PIPELINE["split"]["deps"]
+
+
+def test_stages_shows_six_scripts_and_one_package():
+    entries = sorted(path.name for path in STAGES_DIR.iterdir() if path.name != "__pycache__")
+    assert entries == sorted([*(f"{stage}.py" for stage in PIPELINE), PACKAGE])

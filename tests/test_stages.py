@@ -85,7 +85,8 @@ def test_binary_scores_beat_the_dummy_on_real_digits(sample):
         scores = train_binary.out_of_sample_scores(name, model, features, target, folds, n_jobs=1)
         assert scores.shape == (len(target),)
         cutoff = evaluation.decision_cutoff(model)
-        results[name] = train_binary.evaluate_scores(target, scores, cutoff, params.target_precision)
+        reached = evaluation.threshold_for_precision(target, scores, params.target_precision)
+        results[name] = train_binary.evaluate_scores(target, scores, cutoff, reached)
     assert results["dummy"]["accuracy"] == pytest.approx(0.9) and results["dummy"]["recall"] == 0
     assert results["sgd"]["roc_auc"] > 0.9 and results["forest"]["roc_auc"] > 0.9
     assert results["sgd"]["f1"] > results["dummy"]["f1"]
@@ -103,8 +104,32 @@ def test_every_multiclass_model_learns_the_digits(sample):
 
 
 def test_most_confused_pair_counts_both_directions():
-    matrix = np.array([[9, 1, 0], [2, 8, 4], [0, 3, 7]])
+    # 0 -> 1 is the largest single cell, but 1 and 2 are mixed up more in total (4 + 4)
+    matrix = np.array([[9, 5, 0], [0, 8, 4], [0, 4, 7]])
     assert train_multiclass.most_confused_pair(matrix) == (1, 2)
+
+
+def test_the_best_model_is_the_first_listed_on_a_tie():
+    assert evaluation.best_model({"svc_ovo": 0.95, "svc_ovr": 0.96, "forest": 0.96}) == "svc_ovr"
+
+
+def test_the_cv_threshold_is_applied_to_the_test_scores():
+    from sklearn.linear_model import SGDClassifier
+
+    import evaluate
+
+    rng = np.random.default_rng(0)
+    features = rng.random((200, 4))
+    target = features[:, 0] + 0.3 * rng.random(200) > 0.7
+    model = SGDClassifier(random_state=0).fit(features, target)
+    scores = model.decision_function(features)
+    threshold = float(np.quantile(scores, 0.8))
+    metrics, _ = evaluate.evaluate_binary({"sgd": model}, features, target, threshold)
+    chosen = scores >= threshold
+    test = metrics["sgd"]["test"]
+    assert test["precision_at_cv_threshold"] == round(float(target[chosen].mean()), 6)
+    assert test["recall_at_cv_threshold"] == round(float(chosen[target].mean()), 6)
+    assert test["precision_at_cv_threshold"] != test["precision"]
 
 
 # --- the scripts, on 600 digits in a scratch workspace --------------------------------------------
@@ -166,7 +191,10 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
         "dummy.skops",
         "forest.skops",
         "sgd.skops",
+        "sgd_threshold.json",
     ]
+    threshold = read_json(workspace / "data/models/binary/sgd_threshold.json")["threshold"]
+    assert round(threshold, 6) == metrics["sgd"]["cv"]["threshold_at_target_precision"]
     header = (workspace / "reports/plots/binary_cv_pr_sgd.csv").read_text().splitlines()[0]
     assert header == "threshold,precision,recall"
 
@@ -219,33 +247,74 @@ def test_truncated_data_file_is_named(workspace, tmp_path):
     images.write_bytes(images.read_bytes()[:1000])
     result = run_stage(root, "train_binary", check=False)
     assert result.returncode == 1
-    assert f"{images}: not a valid .npy array file, corrupt or truncated" in result.stderr
+    assert "error: data/split/train_images.npy: not a valid .npy array file, corrupt or truncated" in result.stderr
     assert "Traceback" not in result.stderr and not (root / "reports").exists()
 
 
-def test_tampered_model_is_refused_by_evaluate(workspace, tmp_path):
+def tamper_knn(root: Path) -> None:
     from test_models import tamper
 
-    root = fresh_copy(workspace, tmp_path / "ws")
-    (root / "reports/metrics/test.json").unlink()
-    model = root / "data/models/multilabel/knn.skops"
-    tamper(model, "builtins", "eval")
-    result = run_stage(root, "evaluate", check=False)
-    assert result.returncode == 1
-    assert f"{model}: refused to load, the file names untrusted types: builtins.eval" in result.stderr
-    assert not (root / "reports/metrics/test.json").exists()
+    tamper(root / "data/models/multilabel/knn.skops", "builtins", "eval")
 
 
-def test_malformed_cv_metrics_stop_evaluate_before_it_writes(workspace, tmp_path):
+def swap_in_the_binary_sgd(root: Path) -> None:
+    shutil.copy(root / "data/models/binary/sgd.skops", root / "data/models/multilabel/knn.skops")
+
+
+def edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def without_class(root: Path, part: str, digit: int = 5) -> None:
+    path = root / f"data/split/{part}_labels.npy"
+    labels = np.load(path)
+    np.save(path, np.where(labels == digit, (digit + 1) % 10, labels).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (
+            tamper_knn,
+            "data/models/multilabel/knn.skops: refused to load, the file names untrusted types: builtins.eval",
+        ),
+        (swap_in_the_binary_sgd, "knn.skops: holds a SGDClassifier, expected a KNeighborsClassifier"),
+        (
+            lambda root: edit_json(
+                root / "reports/metrics/multiclass_cv.json",
+                lambda data: data["multiclass"]["sgd"]["cv"].update(accuracy="high"),
+            ),
+            "multiclass_cv.json: 'multiclass.sgd.cv.accuracy' should be a number, got 'high'",
+        ),
+        (
+            lambda root: (root / "reports/metrics/multiclass_cv.json").write_text('{"multiclass": {"sgd": {}}}'),
+            "multiclass_cv.json: missing key 'multiclass.sgd.cv'",
+        ),
+        (
+            lambda root: (root / "data/models/binary/sgd_threshold.json").write_text("{3.4"),
+            "data/models/binary/sgd_threshold.json: not valid JSON",
+        ),
+        (
+            lambda root: without_class(root, "test"),
+            "binary.digit = 5: none of the 120 test images are '5'",
+        ),
+    ],
+    ids=["untrusted-type", "wrong-model-kind", "metric-not-a-number", "metric-missing", "threshold-damaged", "no-5s"],
+)
+def test_bad_input_stops_evaluate_before_it_writes_anything(workspace, tmp_path, damage, expected):
     root = fresh_copy(workspace, tmp_path / "ws")
-    shutil.rmtree(root / "reports/plots")
+    for output in [root / "reports/plots", root / "reports/figures/test"]:
+        shutil.rmtree(output)
     (root / "reports/metrics/test.json").unlink()
-    metrics_file = root / "reports/metrics/binary_cv.json"
-    metrics_file.write_text(json.dumps({"binary": {"sgd": {}}}))
+    (root / "reports/plots").mkdir()  # train_binary's curve files live beside evaluate's: keep the folder
+    damage(root)
     result = run_stage(root, "evaluate", check=False)
-    assert result.returncode == 1
-    assert f"{metrics_file}: missing key 'binary.sgd.cv'" in result.stderr
-    assert not (root / "reports/plots").exists() and not (root / "reports/metrics/test.json").exists()
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert list((root / "reports/plots").iterdir()) == []
+    assert not (root / "reports/figures/test").exists() and not (root / "reports/metrics/test.json").exists()
 
 
 def set_param(root: Path, value: object, *keys: str) -> None:
@@ -258,28 +327,75 @@ def set_param(root: Path, value: object, *keys: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("stage", "keys", "value", "expected"),
+    ("stage", "edits", "expected"),
     [
-        ("train_binary", ("binary", "cv_folds"), 100, "binary.cv_folds = 100, but the rarest class has 48 images"),
-        ("train_multiclass", ("multiclass", "cv_folds"), 50, "multiclass.cv_folds = 50, but the rarest class has"),
+        (
+            "train_binary",
+            [(("binary", "cv_folds"), 100)],
+            "binary.cv_folds = 100, but the rarest class has 48 images among the training images: use at most 48",
+        ),
+        ("train_multiclass", [(("multiclass", "cv_folds"), 50)], "multiclass.cv_folds = 50, but the rarest class has"),
+        (
+            "train_multiclass",
+            [(("multiclass", "cv_max_samples"), 10)],
+            "among the 10 images it cross-validates on (set by multiclass.cv_max_samples): use at most 1 folds, "
+            "or raise multiclass.cv_max_samples",
+        ),
         (
             "train_multilabel",
-            ("multilabel", "knn", "n_neighbors"),
-            1000,
+            [(("multilabel", "knn", "n_neighbors"), 1000)],
             "multilabel.knn.n_neighbors = 1000, but a CV fold trains on 320 images: use at most 320",
         ),
         (
+            "train_multilabel",
+            [(("multilabel", "cv_max_samples"), 10), (("multilabel", "cv_folds"), 20)],
+            "multilabel.cv_folds = 20, but it cross-validates on 10 images (multilabel.cv_max_samples): use at most 10",
+        ),
+        (
             "train_multiclass",
-            ("multiclass", "models", "svc_ovo", "pca_components"),
-            700,
+            [(("multiclass", "models", "svc_ovo", "pca_components"), 700)],
             "multiclass.models.svc_ovo.pca_components = 700, but a CV fold trains on 320 images",
         ),
+        (
+            "train_multiclass",
+            [(("multiclass", "models", "svc_ovr", "max_train_samples"), 20)],
+            "multiclass.models.svc_ovr.max_train_samples = 20, but multiclass.models.svc_ovr.pca_components = 50: "
+            "use at least 50",
+        ),
+        (
+            "train_binary",
+            [(("binary", "forest", "n_estimators"), 2)],
+            "binary.forest.n_estimators = 2 leaves",
+        ),
+    ],
+    ids=[
+        "binary-folds",
+        "multiclass-folds",
+        "cv-subset",
+        "knn-k",
+        "multilabel-folds",
+        "pca",
+        "fit-subset",
+        "few-trees",
     ],
 )
-def test_params_too_large_for_the_data_name_the_key(workspace, tmp_path, stage, keys, value, expected):
+def test_params_too_large_for_the_data_name_the_key(workspace, tmp_path, stage, edits, expected):
     root = fresh_copy(workspace, tmp_path / "ws")
     shutil.rmtree(root / "reports")
-    set_param(root, value, *keys)
+    shutil.rmtree(root / "data/models")
+    for keys, value in edits:
+        set_param(root, value, *keys)
     result = run_stage(root, stage, check=False)
     assert result.returncode == 1 and expected in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and not (root / "reports").exists()
+    assert "Traceback" not in result.stderr
+    assert not (root / "reports").exists() and not (root / "data/models").exists()
+
+
+def test_a_binary_class_absent_from_the_training_set_is_named(workspace, tmp_path):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "data/models")
+    without_class(root, "train")
+    result = run_stage(root, "train_binary", check=False)
+    assert result.returncode == 1
+    assert "binary.digit = 5: none of the 480 training images are '5'" in result.stderr
+    assert "Traceback" not in result.stderr and not (root / "data/models").exists()
