@@ -18,7 +18,7 @@ from mnist_dvc.metrics import binary_metrics, decision_cutoff, is_target, rounde
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, check_folds, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, THRESHOLD_FILE
-from mnist_dvc.runner import UserError, log, n_jobs, run_stage
+from mnist_dvc.runner import UserError, log, n_jobs, refused_by_estimator, run_stage
 from mnist_dvc.schema import BinaryParams
 
 
@@ -96,12 +96,13 @@ def main() -> None:
     models = build_models(params, jobs)
     for name, model in models.items():
         log(f"{name}: out-of-sample scores ({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})")
-        scores[name] = out_of_sample_scores(name, model, features, target, folds, jobs)
+        with refused_by_estimator(f"binary.{name}"):
+            scores[name] = out_of_sample_scores(name, model, features, target, folds, jobs)
+            if name != "forest":
+                model.fit(features, target)
         kind = "oob" if name == "forest" else "cv"
         reached[name] = threshold_for_precision(target, scores[name], params.target_precision)
         metrics[name] = {kind: evaluate_scores(target, scores[name], decision_cutoff(model), reached[name])}
-        if name != "forest":
-            model.fit(features, target)
         log(f"{name}: {metrics[name][kind]}")
 
     # Outputs only once every model is fitted: a refused param leaves nothing behind.

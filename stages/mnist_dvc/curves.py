@@ -1,4 +1,11 @@
-"""The binary task's curves, written twice: as data for `dvc plots` and as PNG figures."""
+"""The binary task's curves, written twice: as data for `dvc plots` and as PNG figures.
+
+Why not dvclive's `log_sklearn_plot` for the data: it dumps every point of scikit-learn's curve at full float
+precision, so the committed file grows with the test set (tens of thousands of rows on full-size data) and its bytes
+change with the CPU's BLAS kernel. These CSVs are thinned to MAX_CURVE_POINTS and written at 4 significant digits.
+Why not `RocCurveDisplay.from_predictions` / `PrecisionRecallDisplay.from_predictions` for the PNGs: they recompute
+the full curve, while these figures draw exactly the points `dvc plots` shows.
+"""
 
 from __future__ import annotations
 

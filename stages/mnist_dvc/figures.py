@@ -95,7 +95,10 @@ def cell_label(value: float, share: bool) -> str:
 
 
 def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: str) -> Any:
-    """The chapter's error analysis: raw counts, rows normalized, and errors only (diagonal zeroed)."""
+    """The chapter's error analysis: raw counts, rows normalized, and errors only (diagonal zeroed).
+
+    Drawn by hand rather than with `ConfusionMatrixDisplay`, which takes one number format per panel: here a share
+    below 1% keeps a decimal, so that a real error never shows as "0%"."""
     normalized = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     errors = normalized.copy()
     np.fill_diagonal(errors, 0)
