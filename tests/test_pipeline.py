@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT, copy_repo, dvc, run, tool_env
 from mnist_dvc.models import read_model
 
-STAGES = ["download", "split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,6 @@
-"""Each stage on tiny data: its pure functions, then its script in a scratch workspace."""
+"""Each stage's pure functions on tiny data (the scripts themselves run in test_scripts.py)."""
 
 from __future__ import annotations
-
-import json
-import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,12 +10,9 @@ from sklearn.model_selection import StratifiedKFold
 import split
 import train_binary
 import train_multiclass
-from conftest import ROOT, run
-from mnist_dvc import figures
-from mnist_dvc import metrics as evaluation
+from conftest import ROOT
+from mnist_dvc import figures, metrics
 from mnist_dvc.schema import BinaryParams, MulticlassParams, SplitParams
-
-STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
 
 
 def test_canonical_split_keeps_the_order_and_the_boundary():
@@ -55,23 +47,23 @@ def test_threshold_for_precision_is_the_lowest_that_reaches_it():
     truth = np.array([0, 0, 1, 0, 1, 1])
     scores = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     # at threshold 3: 3 of 4 positive (0.75); at 5: 2 of 2 (1.0) with recall 2/3
-    assert evaluation.threshold_for_precision(truth, scores, 0.75) == (3.0, 1.0)
-    threshold, recall = evaluation.threshold_for_precision(truth, scores, 0.9)
+    assert metrics.threshold_for_precision(truth, scores, 0.75) == (3.0, 1.0)
+    threshold, recall = metrics.threshold_for_precision(truth, scores, 0.9)
     assert threshold == 5.0 and recall == pytest.approx(2 / 3)
 
 
 def test_threshold_for_precision_none_when_unreachable():
-    assert evaluation.threshold_for_precision(np.array([1, 0]), np.array([0.0, 1.0]), 1.0) is None
+    assert metrics.threshold_for_precision(np.array([1, 0]), np.array([0.0, 1.0]), 1.0) is None
 
 
 def test_curves_are_thinned_but_keep_their_ends():
-    keep = evaluation.thin(10_000)
-    assert len(keep) == evaluation.MAX_CURVE_POINTS and keep[0] == 0 and keep[-1] == 9_999
-    assert evaluation.thin(3).tolist() == [0, 1, 2]
+    keep = metrics.thin(10_000)
+    assert len(keep) == metrics.MAX_CURVE_POINTS and keep[0] == 0 and keep[-1] == 9_999
+    assert metrics.thin(3).tolist() == [0, 1, 2]
 
 
 def test_multilabel_targets_are_large_and_odd():
-    targets = evaluation.multilabel_targets(np.array([0, 7, 8, 9, 3], np.uint8))
+    targets = metrics.multilabel_targets(np.array([0, 7, 8, 9, 3], np.uint8))
     assert targets.tolist() == [[False, False], [True, True], [True, False], [True, True], [False, True]]
 
 
@@ -84,8 +76,8 @@ def test_binary_scores_beat_the_dummy_on_real_digits(sample):
     for name, model in train_binary.build_models(params, n_jobs=1).items():
         scores = train_binary.out_of_sample_scores(name, model, features, target, folds, n_jobs=1)
         assert scores.shape == (len(target),)
-        cutoff = evaluation.decision_cutoff(model)
-        reached = evaluation.threshold_for_precision(target, scores, params.target_precision)
+        cutoff = metrics.decision_cutoff(model)
+        reached = metrics.threshold_for_precision(target, scores, params.target_precision)
         results[name] = train_binary.evaluate_scores(target, scores, cutoff, reached)
     assert results["dummy"]["accuracy"] == pytest.approx(0.9) and results["dummy"]["recall"] == 0
     assert results["sgd"]["roc_auc"] > 0.9 and results["forest"]["roc_auc"] > 0.9
@@ -110,7 +102,7 @@ def test_most_confused_pair_counts_both_directions():
 
 
 def test_the_best_model_is_the_first_listed_on_a_tie():
-    assert evaluation.best_model({"svc_ovo": 0.95, "svc_ovr": 0.96, "forest": 0.96}) == "svc_ovr"
+    assert metrics.best_model({"svc_ovo": 0.95, "svc_ovr": 0.96, "forest": 0.96}) == "svc_ovr"
 
 
 def test_the_cv_threshold_is_applied_to_the_test_scores():
@@ -124,278 +116,9 @@ def test_the_cv_threshold_is_applied_to_the_test_scores():
     model = SGDClassifier(random_state=0).fit(features, target)
     scores = model.decision_function(features)
     threshold = float(np.quantile(scores, 0.8))
-    metrics, _ = evaluate.evaluate_binary({"sgd": model}, features, target, threshold)
+    results, _ = evaluate.evaluate_binary({"sgd": model}, features, target, threshold)
     chosen = scores >= threshold
-    test = metrics["sgd"]["test"]
+    test = results["sgd"]["test"]
     assert test["precision_at_cv_threshold"] == round(float(target[chosen].mean()), 6)
     assert test["recall_at_cv_threshold"] == round(float(chosen[target].mean()), 6)
     assert test["precision_at_cv_threshold"] != test["precision"]
-
-
-# --- the scripts, on 600 digits in a scratch workspace --------------------------------------------
-
-
-def make_workspace(destination: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    shutil.copytree(ROOT / "stages", destination / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["binary"]["forest"]["n_estimators"] = params["multiclass"]["models"]["forest"]["n_estimators"] = 20
-    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    raw = destination / "data" / "raw"
-    raw.mkdir(parents=True)
-    np.save(raw / "images.npy", images)
-    np.save(raw / "labels.npy", labels)
-    (raw / "dataset.json").write_text(
-        json.dumps({"name": "tiny", "class_names": list("0123456789"), "test_start": None})
-    )
-    return destination
-
-
-def run_stage(workspace: Path, stage: str, check: bool = True):
-    return run([sys.executable, f"stages/{stage}.py"], workspace, check=check)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, sample) -> Path:
-    """A workspace where every stage after download has run on 600 digits."""
-    root = make_workspace(tmp_path_factory.mktemp("tiny"), *sample)
-    for stage in STAGES:
-        run_stage(root, stage)
-    return root
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-@pytest.mark.parametrize("stage", ["download", *STAGES])
-def test_every_stage_has_help(stage):
-    result = run([sys.executable, f"stages/{stage}.py", "--help"], ROOT)
-    assert result.stdout.startswith("usage:") and "Stage `" in result.stdout
-
-
-def test_split_writes_arrays_counts_and_pictures(workspace):
-    train_images = np.load(workspace / "data/split/train_images.npy")
-    assert train_images.shape == (480, 28, 28) and train_images.dtype == np.uint8
-    assert np.load(workspace / "data/split/test_labels.npy").shape == (120,)
-    overview = read_json(workspace / "reports/data_overview.json")
-    assert overview["class_counts"]["test"] == {str(digit): 12 for digit in range(10)}
-    for name in ("first_image", "first_100_images", "class_counts"):
-        assert (workspace / f"reports/figures/data/{name}.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
-    metrics = read_json(workspace / "reports/metrics/binary_cv.json")["binary"]
-    assert metrics["dummy"]["cv"]["accuracy"] == pytest.approx(0.9)
-    assert metrics["sgd"]["cv"]["accuracy"] > 0.9 and 0 < metrics["forest"]["oob"]["roc_auc"] <= 1
-    assert sorted(p.name for p in (workspace / "data/models/binary").iterdir()) == [
-        "dummy.skops",
-        "forest.skops",
-        "sgd.skops",
-        "sgd_threshold.json",
-    ]
-    threshold = read_json(workspace / "data/models/binary/sgd_threshold.json")["threshold"]
-    assert round(threshold, 6) == metrics["sgd"]["cv"]["threshold_at_target_precision"]
-    header = (workspace / "reports/plots/binary_cv_pr_sgd.csv").read_text().splitlines()[0]
-    assert header == "threshold,precision,recall"
-
-
-def test_train_multiclass_cross_validates_every_model(workspace):
-    metrics = read_json(workspace / "reports/metrics/multiclass_cv.json")["multiclass"]
-    assert set(metrics) == {"svc_ovo", "svc_ovr", "forest", "sgd"}
-    assert max(m["cv"]["accuracy"] for m in metrics.values()) > 0.85
-    assert (workspace / "reports/figures/multiclass/cv_confusion_matrices.png").exists()
-
-
-def test_train_multilabel_reports_f1(workspace):
-    metrics = read_json(workspace / "reports/metrics/multilabel_cv.json")["multilabel"]["knn"]["cv"]
-    assert 0.8 < metrics["f1_macro"] <= 1 and 0.8 < metrics["f1_weighted"] <= 1
-
-
-def test_evaluate_scores_every_model_on_the_test_set(workspace):
-    metrics = read_json(workspace / "reports/metrics/test.json")
-    assert set(metrics["binary"]) == {"sgd", "dummy", "forest"}
-    assert set(metrics["multiclass"]) == {"svc_ovo", "svc_ovr", "forest", "sgd"}
-    assert metrics["multilabel"]["knn"]["test"]["f1_macro"] > 0.8
-    confusion = (workspace / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()
-    assert confusion[0] == "actual,predicted" and len(confusion) == 121
-
-
-# --- bad input: a clear message naming the file or key, exit 1, nothing written -------------------
-
-
-def fresh_copy(workspace: Path, destination: Path) -> Path:
-    shutil.copytree(workspace, destination)
-    return destination
-
-
-def test_bad_param_stops_the_stage_before_it_writes(workspace, tmp_path):
-    root = fresh_copy(workspace, tmp_path / "ws")
-    shutil.rmtree(root / "reports")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["split"]["test_size"] = 1.5
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    result = run_stage(root, "split", check=False)
-    assert result.returncode == 1
-    assert "split.test_size = 1.5: Input should be less than 1" in result.stderr
-    assert "Traceback" not in result.stderr and not (root / "reports").exists()
-
-
-def test_truncated_data_file_is_named(workspace, tmp_path):
-    root = fresh_copy(workspace, tmp_path / "ws")
-    shutil.rmtree(root / "reports")
-    images = root / "data/split/train_images.npy"
-    images.write_bytes(images.read_bytes()[:1000])
-    result = run_stage(root, "train_binary", check=False)
-    assert result.returncode == 1
-    assert "error: data/split/train_images.npy: not a valid .npy array file, corrupt or truncated" in result.stderr
-    assert "Traceback" not in result.stderr and not (root / "reports").exists()
-
-
-def tamper_knn(root: Path) -> None:
-    from test_models import tamper
-
-    tamper(root / "data/models/multilabel/knn.skops", "builtins", "eval")
-
-
-def swap_in_the_binary_sgd(root: Path) -> None:
-    shutil.copy(root / "data/models/binary/sgd.skops", root / "data/models/multilabel/knn.skops")
-
-
-def edit_json(path: Path, edit) -> None:
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
-
-
-def without_class(root: Path, part: str, digit: int = 5) -> None:
-    path = root / f"data/split/{part}_labels.npy"
-    labels = np.load(path)
-    np.save(path, np.where(labels == digit, (digit + 1) % 10, labels).astype(np.uint8))
-
-
-@pytest.mark.parametrize(
-    ("damage", "expected"),
-    [
-        (
-            tamper_knn,
-            "data/models/multilabel/knn.skops: refused to load, the file names untrusted types: builtins.eval",
-        ),
-        (swap_in_the_binary_sgd, "knn.skops: holds a SGDClassifier, expected a KNeighborsClassifier"),
-        (
-            lambda root: edit_json(
-                root / "reports/metrics/multiclass_cv.json",
-                lambda data: data["multiclass"]["sgd"]["cv"].update(accuracy="high"),
-            ),
-            "multiclass_cv.json: 'multiclass.sgd.cv.accuracy' should be a number, got 'high'",
-        ),
-        (
-            lambda root: (root / "reports/metrics/multiclass_cv.json").write_text('{"multiclass": {"sgd": {}}}'),
-            "multiclass_cv.json: missing key 'multiclass.sgd.cv'",
-        ),
-        (
-            lambda root: (root / "data/models/binary/sgd_threshold.json").write_text("{3.4"),
-            "data/models/binary/sgd_threshold.json: not valid JSON",
-        ),
-        (
-            lambda root: without_class(root, "test"),
-            "binary.digit = 5: none of the 120 test images are '5'",
-        ),
-    ],
-    ids=["untrusted-type", "wrong-model-kind", "metric-not-a-number", "metric-missing", "threshold-damaged", "no-5s"],
-)
-def test_bad_input_stops_evaluate_before_it_writes_anything(workspace, tmp_path, damage, expected):
-    root = fresh_copy(workspace, tmp_path / "ws")
-    for output in [root / "reports/plots", root / "reports/figures/test"]:
-        shutil.rmtree(output)
-    (root / "reports/metrics/test.json").unlink()
-    (root / "reports/plots").mkdir()  # train_binary's curve files live beside evaluate's: keep the folder
-    damage(root)
-    result = run_stage(root, "evaluate", check=False)
-    assert result.returncode == 1 and expected in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    assert list((root / "reports/plots").iterdir()) == []
-    assert not (root / "reports/figures/test").exists() and not (root / "reports/metrics/test.json").exists()
-
-
-def set_param(root: Path, value: object, *keys: str) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    node = params
-    for key in keys[:-1]:
-        node = node[key]
-    node[keys[-1]] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-@pytest.mark.parametrize(
-    ("stage", "edits", "expected"),
-    [
-        (
-            "train_binary",
-            [(("binary", "cv_folds"), 100)],
-            "binary.cv_folds = 100, but the rarest class has 48 images among the training images: use at most 48",
-        ),
-        ("train_multiclass", [(("multiclass", "cv_folds"), 50)], "multiclass.cv_folds = 50, but the rarest class has"),
-        (
-            "train_multiclass",
-            [(("multiclass", "cv_max_samples"), 10)],
-            "among the 10 images it cross-validates on (set by multiclass.cv_max_samples): use at most 1 folds, "
-            "or raise multiclass.cv_max_samples",
-        ),
-        (
-            "train_multilabel",
-            [(("multilabel", "knn", "n_neighbors"), 1000)],
-            "multilabel.knn.n_neighbors = 1000, but a CV fold trains on 320 images: use at most 320",
-        ),
-        (
-            "train_multilabel",
-            [(("multilabel", "cv_max_samples"), 10), (("multilabel", "cv_folds"), 20)],
-            "multilabel.cv_folds = 20, but it cross-validates on 10 images (multilabel.cv_max_samples): use at most 10",
-        ),
-        (
-            "train_multiclass",
-            [(("multiclass", "models", "svc_ovo", "pca_components"), 700)],
-            "multiclass.models.svc_ovo.pca_components = 700, but a CV fold trains on 320 images",
-        ),
-        (
-            "train_multiclass",
-            [(("multiclass", "models", "svc_ovr", "max_train_samples"), 20)],
-            "multiclass.models.svc_ovr.max_train_samples = 20, but multiclass.models.svc_ovr.pca_components = 50: "
-            "use at least 50",
-        ),
-        (
-            "train_binary",
-            [(("binary", "forest", "n_estimators"), 2)],
-            "binary.forest.n_estimators = 2 leaves",
-        ),
-    ],
-    ids=[
-        "binary-folds",
-        "multiclass-folds",
-        "cv-subset",
-        "knn-k",
-        "multilabel-folds",
-        "pca",
-        "fit-subset",
-        "few-trees",
-    ],
-)
-def test_params_too_large_for_the_data_name_the_key(workspace, tmp_path, stage, edits, expected):
-    root = fresh_copy(workspace, tmp_path / "ws")
-    shutil.rmtree(root / "reports")
-    shutil.rmtree(root / "data/models")
-    for keys, value in edits:
-        set_param(root, value, *keys)
-    result = run_stage(root, stage, check=False)
-    assert result.returncode == 1 and expected in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (root / "reports").exists() and not (root / "data/models").exists()
-
-
-def test_a_binary_class_absent_from_the_training_set_is_named(workspace, tmp_path):
-    root = fresh_copy(workspace, tmp_path / "ws")
-    shutil.rmtree(root / "data/models")
-    without_class(root, "train")
-    result = run_stage(root, "train_binary", check=False)
-    assert result.returncode == 1
-    assert "binary.digit = 5: none of the 480 training images are '5'" in result.stderr
-    assert "Traceback" not in result.stderr and not (root / "data/models").exists()
