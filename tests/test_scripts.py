@@ -42,8 +42,38 @@ def workspace(tmp_path_factory, sample) -> Path:
     """A workspace where every stage after download has run on 600 digits."""
     root = make_workspace(tmp_path_factory.mktemp("tiny"), *sample)
     for stage in STAGES:
+        before = snapshot(root)
         run_stage(root, stage)
+        WRITTEN[stage] = {path for path, state in snapshot(root).items() if before.get(path) != state}
     return root
+
+
+WRITTEN: dict[str, set[str]] = {}  # the files each stage wrote in the workspace
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file outside stages/ with its inode and modification time: a rewrite changes one or both."""
+    return {
+        str(path.relative_to(root)): (path.stat().st_ino, path.stat().st_mtime_ns)
+        for path in root.rglob("*")
+        if path.is_file() and path.relative_to(root).parts[0] not in ("stages", "params.yaml")
+    }
+
+
+def declared_outputs(stage: str) -> list[str]:
+    entry = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    items = [*entry.get("outs", []), *entry.get("metrics", []), *entry.get("plots", [])]
+    return [next(iter(item)) if isinstance(item, dict) else item for item in items]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_file_a_stage_writes_is_one_of_its_declared_outs(workspace, stage):
+    outs = declared_outputs(stage)
+    assert WRITTEN[stage], f"{stage} wrote nothing"
+    for path in WRITTEN[stage]:
+        assert any(path == out or path.startswith(f"{out}/") for out in outs), f"{stage} wrote {path}, not in {outs}"
+    for out in outs:
+        assert any(path == out or path.startswith(f"{out}/") for path in WRITTEN[stage]), f"{stage} never wrote {out}"
 
 
 def read_json(path: Path) -> dict:
