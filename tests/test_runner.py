@@ -1,0 +1,66 @@
+"""How stages run: worker count from the environment, one BLAS thread, user errors as one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT, run
+from mnist_dvc import runner
+from mnist_dvc.runner import JOBS_VARIABLE, UserError
+
+
+def test_workers_default_to_every_available_core(monkeypatch):
+    monkeypatch.delenv(JOBS_VARIABLE, raising=False)
+    assert runner.n_jobs() == runner.available_cores()
+
+
+def test_more_workers_than_cores_are_capped(monkeypatch, capsys):
+    monkeypatch.setenv(JOBS_VARIABLE, "32")
+    monkeypatch.setattr(runner, "available_cores", lambda: 2)
+    assert runner.n_jobs() == 2
+    assert f"{JOBS_VARIABLE}=32, but only 2 cores are available: using 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_a_bad_worker_count_is_named(monkeypatch, value):
+    monkeypatch.setenv(JOBS_VARIABLE, value)
+    with pytest.raises(UserError, match=f"{JOBS_VARIABLE}={value!r}: expected a whole number of workers, at least 1"):
+        runner.n_jobs()
+
+
+STAGE = """
+import json, sys
+sys.path.insert(0, "stages")
+import numpy
+from joblib import Parallel, delayed
+from mnist_dvc.runner import UserError, run_stage
+
+def pools():
+    from threadpoolctl import threadpool_info
+    return sorted({pool["num_threads"] for pool in threadpool_info()})
+
+def main():
+    workers = Parallel(n_jobs=2)(delayed(pools)() for _ in range(2))
+    print(json.dumps({"stage": pools(), "workers": workers}))
+    if FAIL:
+        raise UserError("params.yaml: something is wrong")
+
+FAIL = False
+run_stage(main, "a test stage")
+"""
+
+
+def test_a_stage_and_its_workers_use_one_blas_thread():
+    result = run([sys.executable, "-c", STAGE], ROOT)
+    threads = json.loads(result.stdout)
+    assert threads == {"stage": [1], "workers": [[1], [1]]}
+
+
+def test_a_user_error_is_one_line_and_exit_code_1():
+    failing = STAGE.replace('if "--fail" in sys.argv:', "if True:")
+    result = run([sys.executable, "-c", failing], ROOT, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: params.yaml: something is wrong"
