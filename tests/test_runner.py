@@ -60,7 +60,7 @@ def test_a_stage_and_its_workers_use_one_blas_thread():
 
 
 def test_a_user_error_is_one_line_and_exit_code_1():
-    failing = STAGE.replace('if "--fail" in sys.argv:', "if True:")
+    failing = STAGE.replace("FAIL = False", "FAIL = True")
     result = run([sys.executable, "-c", failing], ROOT, check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: params.yaml: something is wrong"
