@@ -12,13 +12,16 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
+from mnist_dvc.datasets import DIGITS, FASHION
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
 
 
-def make_workspace(destination: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+def make_workspace(
+    destination: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...] = DIGITS
+) -> Path:
     shutil.copytree(ROOT / "stages", destination / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["binary"]["forest"]["n_estimators"] = params["multiclass"]["models"]["forest"]["n_estimators"] = 20
@@ -28,7 +31,7 @@ def make_workspace(destination: Path, images: np.ndarray, labels: np.ndarray) ->
     np.save(raw / "images.npy", images)
     np.save(raw / "labels.npy", labels)
     (raw / "dataset.json").write_text(
-        json.dumps({"name": "tiny", "class_names": list("0123456789"), "test_start": None})
+        json.dumps({"name": "tiny", "class_names": list(class_names), "test_start": None})
     )
     return destination
 
@@ -312,3 +315,16 @@ def test_a_binary_class_absent_from_the_training_set_is_named(workspace, tmp_pat
     assert result.returncode == 1
     assert "binary.digit = 5: none of the 480 training images are '5'" in result.stderr
     assert "Traceback" not in result.stderr and not (root / "data/models").exists()
+
+
+def test_class_names_other_than_digits_reach_every_report(tmp_path, sample):
+    """A stand-in with Fashion-MNIST's names: the question, the counts, the confusion data and the metrics."""
+    root = make_workspace(tmp_path, *sample, class_names=FASHION)
+    logs = {stage: run_stage(root, stage).stderr for stage in STAGES}
+    assert "'is it a Sandal?'" in logs["train_binary"]
+    overview = read_json(root / "reports/data_overview.json")
+    assert list(overview["class_counts"]["test"]) == list(FASHION)
+    confusion = (root / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()
+    assert {row.split(",")[0] for row in confusion[1:]} == set(FASHION)
+    test = read_json(root / "reports/metrics/test.json")
+    assert set(test) == {"binary", "multiclass", "multilabel"} and test["binary"]["sgd"]["test"]["roc_auc"] > 0.8
