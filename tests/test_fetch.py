@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from mnist_dvc import datasets, fetch, files
+from mnist_dvc import datasets, fetch, files, paths
 from mnist_dvc.fetch import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, IdxDataset, OpenML
 from mnist_dvc.runner import UserError
 
@@ -491,6 +491,19 @@ def test_no_retry_starts_after_the_deadline(server, cache, monkeypatch):
     assert server.requests.count(f"/busy/{TEST_IMAGES}") == 2
 
 
+def test_transient_http_errors_are_retried_until_the_file_arrives(server, cache):
+    url = server.publish("flaky", {**FILES, TEST_IMAGES: [503, 429, FILES[TEST_IMAGES]]})
+    load(cache, url)
+    assert server.requests.count(f"/flaky/{TEST_IMAGES}") == 3
+    assert cached_names(cache) == sorted(IDX_FILES)
+
+
+@pytest.mark.parametrize(("code", "transient"), [(500, True), (502, True), (503, True), (429, True), (404, False)])
+def test_server_errors_and_too_many_requests_are_transient_not_found_is_not(code, transient):
+    error = urllib.error.HTTPError("http://mirror/file", code, "reason", {}, None)  # type: ignore[arg-type]
+    assert fetch.describe(error) == (f"HTTP {code} reason", transient)
+
+
 def test_a_label_file_known_by_its_gz_digest_refuses_a_recompressed_copy(server, cache):
     name = TRAIN_FILES[1]
     recompressed = gzip.compress(CONTENT[name], mtime=1)  # same content, other .gz bytes
@@ -592,6 +605,16 @@ def test_the_idx_reader_refuses_what_does_not_match_its_header(content, images, 
         fetch.parse_idx(content, images, n_classes=10)
 
 
+def test_verify_names_a_content_checksum_mismatch():
+    images = IMAGES.copy()
+    images[0, 0, 0] ^= 1
+    dataset = datasets.Dataset(images=images, labels=LABELS, test_start=N_TRAIN)
+    with pytest.raises(UserError) as error:
+        datasets.verify("tiny", dataset)
+    expected, got = datasets.content_sha256(IMAGES, LABELS), datasets.content_sha256(images, LABELS)
+    assert str(error.value) == f"dataset 'tiny': content checksum mismatch (expected {expected}, got {got})"
+
+
 # --- the stage, when no source is reachable -----------------------------------------------------
 
 
@@ -627,3 +650,60 @@ def test_download_stage_exits_1_listing_every_source_and_writes_nothing(tmp_path
     assert "Traceback" not in result.stderr
     assert not (root / "data").exists()
     assert [path for path in cache.rglob("*") if path.is_file()] == []
+
+
+# --- relative mirror folders ----------------------------------------------------------------------
+
+FASHION_FOLDER = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist: recompressed copies
+
+
+@pytest.mark.parametrize(
+    ("mirror", "resolved"),
+    [
+        ("https://example.org/mnist/", "https://example.org/mnist/"),
+        ("file:///srv/mnist", "file:///srv/mnist"),
+        ("/srv/mnist", "/srv/mnist"),
+        ("~/mnist", "~/mnist"),
+        ("mirrors/mnist", "/x/repo/mirrors/mnist"),
+        ("../shared/mnist", "/x/repo/../shared/mnist"),
+    ],
+)
+def test_resolve_mirror_joins_only_relative_folders_to_the_root(mirror, resolved):
+    from download import resolve_mirror
+
+    assert resolve_mirror(mirror, Path("/x/repo")) == resolved
+
+
+@pytest.mark.parametrize(
+    ("root", "user"),
+    [("/x/repo/.dvc/tmp/exps/tmpabc", "/x/repo"), ("/x/repo", "/x/repo"), ("/x/.dvc/repo", "/x/.dvc/repo")],
+    ids=["experiment-copy", "repo", "other-dvc-folder"],
+)
+def test_user_root_is_the_repo_holding_an_experiment_copy(root, user):
+    assert paths.user_root(Path(root)) == Path(user)
+
+
+@pytest.mark.skipif(not FASHION_FOLDER.is_dir(), reason=f"no {FASHION_FOLDER} (apt package dataset-fashion-mnist)")
+@pytest.mark.parametrize("experiment", [False, True], ids=["repo", "experiment-copy"])
+def test_download_stage_finds_a_relative_mirror_folder_from_any_working_directory(tmp_path, experiment):
+    user_repo = tmp_path / "repo"
+    root = user_repo / ".dvc" / "tmp" / "exps" / "tmpabc" if experiment else user_repo
+    shutil.copytree(ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    mirror = user_repo / "mirrors" / "fashion"  # where the user keeps it, also for an experiment's copy
+    mirror.mkdir(parents=True)
+    for name in IDX_FILES:
+        shutil.copyfile(FASHION_FOLDER / name, mirror / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"] = {"dataset": "fashion-mnist", "mirrors": ["mirrors/fashion"]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with refusing_port() as port:  # should the folder be missed, the built-in mirrors fail at once
+        env = {key: f"http://127.0.0.1:{port}" for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+        command = [sys.executable, str(root / "stages" / "download.py")]
+        result = run(command, elsewhere, check=False, MNIST_DVC_CACHE=str(tmp_path / "cache"), **env)
+    assert result.returncode == 0, result.stderr
+    assert f"fetched {TRAIN_FILES[0]} from {mirror}" in result.stderr
+    written = yaml.safe_load((root / "data" / "raw" / "dataset.json").read_text())
+    assert (written["name"], written["test_start"]) == ("fashion-mnist", 60_000)
+    assert not (elsewhere / "data").exists()
