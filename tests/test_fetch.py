@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -10,6 +11,7 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -24,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from mnist_dvc import datasets, fetch, files
+from mnist_dvc import datasets, fetch, files, paths
 from mnist_dvc.fetch import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, IdxDataset, OpenML
 from mnist_dvc.runner import UserError
 
@@ -52,13 +54,19 @@ CONTENT = {
     TEST_FILES[1]: idx_bytes(LABELS[N_TRAIN:]),
 }
 FILES = {name: gz(content) for name, content in CONTENT.items()}
+
+
+def sizes(name: str) -> dict[str, int]:
+    return {"gz_size": len(FILES[name]), "content_size": len(CONTENT[name])}
+
+
 # Images are known by their content, labels by their .gz bytes: both kinds of digest get exercised.
 TINY = IdxDataset(
     name="tiny",
     digests={
-        name: Digests(content_sha256=(hashlib.sha256(CONTENT[name]).hexdigest(),))
+        name: Digests(content_sha256=(hashlib.sha256(CONTENT[name]).hexdigest(),), **sizes(name))
         if name in fetch.IMAGE_FILES
-        else Digests(gz_md5=(hashlib.md5(FILES[name]).hexdigest(),))
+        else Digests(gz_md5=(hashlib.md5(FILES[name]).hexdigest(),), **sizes(name))
         for name in IDX_FILES
     },
     mirrors=(),
@@ -68,8 +76,28 @@ TINY = IdxDataset(
 # --- a mirror on 127.0.0.1 ----------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Stream:
+    """A body sent `chunk` after `chunk`, one every `interval` seconds, with no Content-Length unless `announced`.
+
+    It ends after `total` bytes only as a safety net: the code under test should stop reading long before.
+    """
+
+    chunk: bytes
+    interval: float
+    total: int
+    announced: int | None = None
+
+
+ENDLESS = Stream(bytes(1 << 16), interval=0.0, total=16 << 20)
+
+
 class MirrorServer(ThreadingHTTPServer):
-    """Serves `routes` (path -> body, (body, announced length) or HANG) and records every request."""
+    """Serves `routes` and records every request.
+
+    A route is a body, (body, announced length), HANG, a Stream, an HTTP error code, or a list of these
+    answered in turn (the last one for every further request).
+    """
 
     daemon_threads = True
 
@@ -89,17 +117,31 @@ class MirrorHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests.append(self.path)
-        route = self.server.routes.get(self.path)
-        if route is None:
-            self.send_error(404)
+        route = self.server.routes.get(self.path, 404)
+        if isinstance(route, list):
+            route = route.pop(0) if len(route) > 1 else route[0]
+        if isinstance(route, int):
+            self.send_error(route)
         elif route is HANG:
             self.server.release.wait()
+        elif isinstance(route, Stream):
+            self.send_stream(route)
         else:
             body, announced = route if isinstance(route, tuple) else (route, len(route))
             self.send_response(200)
             self.send_header("Content-Length", str(announced))
             self.end_headers()
             self.wfile.write(body)
+
+    def send_stream(self, stream: Stream) -> None:
+        self.send_response(200)
+        if stream.announced is not None:
+            self.send_header("Content-Length", str(stream.announced))
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):  # the client hung up: what the tests expect
+            for _ in range(0, stream.total, len(stream.chunk)):
+                self.wfile.write(stream.chunk)
+                time.sleep(stream.interval)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -222,6 +264,149 @@ def test_temporary_files_of_killed_downloads_are_removed_once_stale(server, cach
     assert not stale.exists() and fresh.exists()
 
 
+def test_a_folder_where_a_cached_file_should_be_is_named(server, cache):
+    in_the_way = cache / "tiny" / TRAIN_FILES[1]
+    in_the_way.mkdir(parents=True)
+    with pytest.raises(UserError) as error:
+        load(cache, server.publish("good", FILES))
+    assert str(error.value) == (
+        f"{in_the_way}: a folder is where the downloaded file belongs: remove it, "
+        "or set MNIST_DVC_CACHE to another folder"
+    )
+    assert server.requests == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc/self/mem, unreadable at 0")
+def test_an_unreadable_cached_file_is_fetched_again(server, cache, capfd):
+    url = server.publish("good", FILES)
+    load(cache, url)
+    unreadable = cache / "tiny" / TRAIN_FILES[1]
+    unreadable.unlink()
+    unreadable.symlink_to("/proc/self/mem")  # reading it fails even for root (EIO)
+    server.requests.clear()
+    load(cache, url)
+    assert server.requests == [f"/good/{TRAIN_FILES[1]}"]
+    assert unreadable.is_file() and not unreadable.is_symlink()
+    logged = capfd.readouterr().err
+    assert f"{unreadable}: cannot read the cached file (Input/output error); fetching it again" in logged
+
+
+def unwritable_cache_message(folder: Path, reason: str) -> str:
+    return f"cannot write to the download cache {folder} ({reason}): set MNIST_DVC_CACHE to a writable folder"
+
+
+def test_a_cache_that_cannot_be_created_is_named(server, tmp_path):
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_bytes(b"")
+    cache = not_a_folder / "cache"
+    with pytest.raises(UserError) as error:
+        load(cache, server.publish("good", FILES))
+    assert str(error.value) == unwritable_cache_message(cache / "tiny", "Not a directory")
+    assert server.requests == []
+
+
+@contextmanager
+def unwritable(folder: Path) -> Iterator[None]:
+    """`folder` made unwritable for real: root ignores file modes, so as root the immutable flag (ext4, xfs...)."""
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None
+    if immutable:
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        with contextlib.suppress(OSError):
+            (folder / "probe").touch()
+        if (folder / "probe").exists():
+            pytest.skip(f"cannot make {folder} unwritable here")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_an_unwritable_cache_is_named_before_any_download(server, cache, damage):
+    url = server.publish("good", FILES)
+    load(cache, url)
+    folder = cache / "tiny"
+    if damage == "missing":
+        (folder / TEST_IMAGES).unlink()
+    else:
+        (folder / TEST_IMAGES).write_bytes(b"not what was downloaded")
+    server.requests.clear()
+    with unwritable(folder), pytest.raises(UserError) as error:
+        load(cache, url)
+    assert re.fullmatch(re.escape(unwritable_cache_message(folder, "@")).replace("@", ".+"), str(error.value))
+    assert server.requests == []
+
+
+def test_a_read_only_cache_holding_every_file_is_enough(server, cache):
+    url = server.publish("good", FILES)
+    load(cache, url)
+    server.requests.clear()
+    with unwritable(cache / "tiny"):
+        load(cache, url)
+    assert server.requests == []
+
+
+def test_a_full_disk_during_a_download_is_a_cache_problem_not_a_mirror_one(server, cache):
+    """RLIMIT_FSIZE fails writes past 8 KiB as a full disk would, even for root (Python ignores SIGXFSZ)."""
+    resource = pytest.importorskip("resource")
+    url = server.publish("good", FILES)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, hard))
+    try:
+        with pytest.raises(UserError) as error:
+            load(cache, url)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert str(error.value) == unwritable_cache_message(cache / "tiny", "File too large")
+    assert server.requests == [f"/good/{TRAIN_FILES[0]}"]
+    assert cached_names(cache) == []
+
+
+# --- images and labels in pairs --------------------------------------------------------------------
+
+TRAIN_LABELS = TRAIN_FILES[1]
+SHORT_LABELS = gz(idx_bytes(LABELS[: N_TRAIN - 1]))
+SHORT_PAIR = f"{TRAIN_FILES[0]} holds {N_TRAIN:,} images but {TRAIN_LABELS} {N_TRAIN - 1:,} labels"
+
+
+@pytest.fixture
+def two_label_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny dataset, its training labels known in two versions that each verify: one label short of the images."""
+    both = (TINY.digests[TRAIN_LABELS].gz_md5[0], hashlib.md5(SHORT_LABELS).hexdigest())
+    digests = {**TINY.digests, TRAIN_LABELS: Digests(gz_md5=both, **sizes(TRAIN_LABELS))}
+    idx = dataclasses.replace(TINY, digests=digests)
+    entry = datasets.idx_entry("tiny", datasets.DIGITS, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), idx)
+    monkeypatch.setitem(datasets.DATASETS, "tiny", entry)
+
+
+def test_a_pair_with_unequal_counts_moves_on_to_the_next_mirror(server, cache, two_label_versions):
+    short = server.publish("short", {**FILES, TRAIN_LABELS: SHORT_LABELS})
+    good = server.publish("good", FILES)
+    dataset = load(cache, short, good)
+    np.testing.assert_array_equal(dataset.labels, LABELS)
+    assert server.requests == [f"/short/{name}" for name in TRAIN_FILES] + [f"/good/{name}" for name in IDX_FILES]
+    assert (cache / "tiny" / TRAIN_LABELS).read_bytes() == FILES[TRAIN_LABELS]
+
+
+def test_unequal_counts_are_listed_and_the_pair_is_not_kept(server, cache, two_label_versions):
+    short = server.publish("short", {**FILES, TRAIN_LABELS: SHORT_LABELS})
+    assert failed_sources(cache, short) == [f"{short}: {SHORT_PAIR}"]
+    assert cached_names(cache) == []
+
+
+def test_a_cached_pair_with_unequal_counts_is_fetched_again(server, cache, two_label_versions):
+    good = server.publish("good", FILES)
+    load(cache, good)
+    (cache / "tiny" / TRAIN_LABELS).write_bytes(SHORT_LABELS)
+    server.requests.clear()
+    load(cache, good)
+    assert server.requests == [f"/good/{name}" for name in TRAIN_FILES]
+
+
 # --- failures: each source and why, nothing partial left behind ----------------------------------
 
 
@@ -233,6 +418,8 @@ OTHER_TEST_IMAGES = gz(idx_bytes(255 - IMAGES[N_TRAIN:]))
 WRONG_MAGIC = gz(idx_bytes(IMAGES[N_TRAIN:], magic=0x804))
 TRUNCATED = FILES[TEST_IMAGES][: len(FILES[TEST_IMAGES]) // 2]
 FULL_SIZE = len(FILES[TEST_IMAGES])
+LIMIT = TINY.digests[TEST_IMAGES].max_gz_bytes
+GZIP_HEADROOM = 1 << 20  # more than gzip adds to any content: a published size this much larger still counts
 
 FAILURES = {
     "404": (None, "HTTP 404 Not Found", 1),
@@ -251,6 +438,8 @@ FAILURES = {
         3,
     ),
     "hang": (HANG, "timed out after 0.5 s (3 attempts)", 3),
+    "endless": (ENDLESS, f"sent more than {LIMIT:,} bytes, the most this file can take", 1),
+    "too-long": ((b"", LIMIT + 1), f"announces {LIMIT + 1:,} bytes, more than the {LIMIT:,} this file can take", 1),
 }
 
 
@@ -264,6 +453,55 @@ def test_a_bad_file_names_the_source_and_the_reason_and_leaves_no_partial_file(s
     assert server.requests.count(f"/bad/{TEST_IMAGES}") == attempts
     # the verified training files stay cached; the bad file left nothing, not even a temporary file
     assert cached_names(cache) == sorted(TRAIN_FILES)
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 1_000_000, datasets.TRAIN_IMAGES_BYTES])
+def test_the_size_limit_takes_the_content_even_stored_uncompressed(size):
+    """Mirrors may recompress: the limit is what gzip may make of the content, not the published .gz size."""
+    stored = gzip.compress(bytes(size), compresslevel=0, mtime=0)
+    assert len(stored) <= Digests(content_size=size).max_gz_bytes
+    assert Digests(gz_size=size + GZIP_HEADROOM, content_size=size).max_gz_bytes == size + GZIP_HEADROOM
+
+
+def test_a_stored_copy_passes(server, cache):
+    stored = {**FILES, TEST_IMAGES: gz(CONTENT[TEST_IMAGES], level=0)}
+    assert stored[TEST_IMAGES] != FILES[TEST_IMAGES]
+    load(cache, server.publish("stored", stored))
+
+
+def test_a_trickling_mirror_is_given_up_at_the_deadline_for_one_file(server, cache, monkeypatch):
+    """One byte every 50 ms never hits the timeout of a read, but the file's deadline ends it."""
+    monkeypatch.setattr(fetch, "DEADLINE", 0.3)
+    trickle = Stream(FILES[TEST_IMAGES][:1], interval=0.05, total=20, announced=FULL_SIZE)
+    url = server.publish("slow", {**FILES, TEST_IMAGES: trickle})
+    start = time.monotonic()
+    [failure] = failed_sources(cache, url)
+    assert time.monotonic() - start < 2.0
+    reason = rf"too slow: \d+ of {FULL_SIZE:,} bytes after 0\.3 s, the time allowed for one file"
+    assert re.fullmatch(f"{re.escape(f'{url}: {TEST_IMAGES}: ')}{reason}", failure), failure
+    assert server.requests.count(f"/slow/{TEST_IMAGES}") == 1
+    assert cached_names(cache) == sorted(TRAIN_FILES)
+
+
+def test_no_retry_starts_after_the_deadline(server, cache, monkeypatch):
+    monkeypatch.setattr(fetch, "DEADLINE", 0.3)
+    monkeypatch.setattr(fetch, "BACKOFF", 0.2)
+    url = server.publish("busy", {**FILES, TEST_IMAGES: 503})
+    assert failed_sources(cache, url) == [f"{url}: {TEST_IMAGES}: HTTP 503 Service Unavailable (2 attempts)"]
+    assert server.requests.count(f"/busy/{TEST_IMAGES}") == 2
+
+
+def test_transient_http_errors_are_retried_until_the_file_arrives(server, cache):
+    url = server.publish("flaky", {**FILES, TEST_IMAGES: [503, 429, FILES[TEST_IMAGES]]})
+    load(cache, url)
+    assert server.requests.count(f"/flaky/{TEST_IMAGES}") == 3
+    assert cached_names(cache) == sorted(IDX_FILES)
+
+
+@pytest.mark.parametrize(("code", "transient"), [(500, True), (502, True), (503, True), (429, True), (404, False)])
+def test_server_errors_and_too_many_requests_are_transient_not_found_is_not(code, transient):
+    error = urllib.error.HTTPError("http://mirror/file", code, "reason", {}, None)  # type: ignore[arg-type]
+    assert fetch.describe(error) == (f"HTTP {code} reason", transient)
 
 
 def test_a_label_file_known_by_its_gz_digest_refuses_a_recompressed_copy(server, cache):
@@ -367,14 +605,14 @@ def test_the_idx_reader_refuses_what_does_not_match_its_header(content, images, 
         fetch.parse_idx(content, images, n_classes=10)
 
 
-def test_images_and_labels_counts_must_agree(tmp_path):
-    arrays = {name: fetch.parse_idx(CONTENT[name], name in fetch.IMAGE_FILES, 10) for name in IDX_FILES}
-    arrays[TRAIN_FILES[1]] = arrays[TRAIN_FILES[1]][:-1]
+def test_verify_names_a_content_checksum_mismatch():
+    images = IMAGES.copy()
+    images[0, 0, 0] ^= 1
+    dataset = datasets.Dataset(images=images, labels=LABELS, test_start=N_TRAIN)
     with pytest.raises(UserError) as error:
-        fetch.assemble(arrays, tmp_path)
-    assert str(error.value) == (
-        f"{tmp_path / TRAIN_FILES[0]} holds 20 images but {tmp_path / TRAIN_FILES[1]} 19 labels"
-    )
+        datasets.verify("tiny", dataset)
+    expected, got = datasets.content_sha256(IMAGES, LABELS), datasets.content_sha256(images, LABELS)
+    assert str(error.value) == f"dataset 'tiny': content checksum mismatch (expected {expected}, got {got})"
 
 
 # --- the stage, when no source is reachable -----------------------------------------------------
@@ -412,3 +650,60 @@ def test_download_stage_exits_1_listing_every_source_and_writes_nothing(tmp_path
     assert "Traceback" not in result.stderr
     assert not (root / "data").exists()
     assert [path for path in cache.rglob("*") if path.is_file()] == []
+
+
+# --- relative mirror folders ----------------------------------------------------------------------
+
+FASHION_FOLDER = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist: recompressed copies
+
+
+@pytest.mark.parametrize(
+    ("mirror", "resolved"),
+    [
+        ("https://example.org/mnist/", "https://example.org/mnist/"),
+        ("file:///srv/mnist", "file:///srv/mnist"),
+        ("/srv/mnist", "/srv/mnist"),
+        ("~/mnist", "~/mnist"),
+        ("mirrors/mnist", "/x/repo/mirrors/mnist"),
+        ("../shared/mnist", "/x/repo/../shared/mnist"),
+    ],
+)
+def test_resolve_mirror_joins_only_relative_folders_to_the_root(mirror, resolved):
+    from download import resolve_mirror
+
+    assert resolve_mirror(mirror, Path("/x/repo")) == resolved
+
+
+@pytest.mark.parametrize(
+    ("root", "user"),
+    [("/x/repo/.dvc/tmp/exps/tmpabc", "/x/repo"), ("/x/repo", "/x/repo"), ("/x/.dvc/repo", "/x/.dvc/repo")],
+    ids=["experiment-copy", "repo", "other-dvc-folder"],
+)
+def test_user_root_is_the_repo_holding_an_experiment_copy(root, user):
+    assert paths.user_root(Path(root)) == Path(user)
+
+
+@pytest.mark.skipif(not FASHION_FOLDER.is_dir(), reason=f"no {FASHION_FOLDER} (apt package dataset-fashion-mnist)")
+@pytest.mark.parametrize("experiment", [False, True], ids=["repo", "experiment-copy"])
+def test_download_stage_finds_a_relative_mirror_folder_from_any_working_directory(tmp_path, experiment):
+    user_repo = tmp_path / "repo"
+    root = user_repo / ".dvc" / "tmp" / "exps" / "tmpabc" if experiment else user_repo
+    shutil.copytree(ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    mirror = user_repo / "mirrors" / "fashion"  # where the user keeps it, also for an experiment's copy
+    mirror.mkdir(parents=True)
+    for name in IDX_FILES:
+        shutil.copyfile(FASHION_FOLDER / name, mirror / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"] = {"dataset": "fashion-mnist", "mirrors": ["mirrors/fashion"]}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with refusing_port() as port:  # should the folder be missed, the built-in mirrors fail at once
+        env = {key: f"http://127.0.0.1:{port}" for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+        command = [sys.executable, str(root / "stages" / "download.py")]
+        result = run(command, elsewhere, check=False, MNIST_DVC_CACHE=str(tmp_path / "cache"), **env)
+    assert result.returncode == 0, result.stderr
+    assert f"fetched {TRAIN_FILES[0]} from {mirror}" in result.stderr
+    written = yaml.safe_load((root / "data" / "raw" / "dataset.json").read_text())
+    assert (written["name"], written["test_start"]) == ("fashion-mnist", 60_000)
+    assert not (elsewhere / "data").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
-from mnist_dvc.fetch import Digests, IdxDataset, OpenML, SourceError, fetch_dataset, pixel_rows_to_images
+from mnist_dvc.fetch import Digests, IdxDataset, OpenML, SourceError, fetch_dataset, idx_size, pixel_rows_to_images
 from mnist_dvc.runner import UserError
 from mnist_dvc.schema import Params
 
@@ -81,13 +81,25 @@ def idx_entry(
     )
 
 
+# Bytes of the decompressed IDX files, 60,000 training and 10,000 test items: they bound what a mirror may send.
+TRAIN_IMAGES_BYTES, TRAIN_LABELS_BYTES = idx_size(60_000, images=True), idx_size(60_000, images=False)
+TEST_IMAGES_BYTES, TEST_LABELS_BYTES = idx_size(10_000, images=True), idx_size(10_000, images=False)
+
 MNIST = IdxDataset(
     name="mnist",
     digests={
-        "train-images-idx3-ubyte.gz": Digests(gz_md5=("f68b3c2dcbeaaa9fbdd348bbdeb94873",)),
-        "train-labels-idx1-ubyte.gz": Digests(gz_md5=("d53e105ee54ea40749a09fcbcd1e9432",)),
-        "t10k-images-idx3-ubyte.gz": Digests(gz_md5=("9fb629c4189551a2d022fa330f9573f3",)),
-        "t10k-labels-idx1-ubyte.gz": Digests(gz_md5=("ec29112dd5afa0611ce80d1b7f02629c",)),
+        "train-images-idx3-ubyte.gz": Digests(
+            gz_md5=("f68b3c2dcbeaaa9fbdd348bbdeb94873",), gz_size=9_912_422, content_size=TRAIN_IMAGES_BYTES
+        ),
+        "train-labels-idx1-ubyte.gz": Digests(
+            gz_md5=("d53e105ee54ea40749a09fcbcd1e9432",), gz_size=28_881, content_size=TRAIN_LABELS_BYTES
+        ),
+        "t10k-images-idx3-ubyte.gz": Digests(
+            gz_md5=("9fb629c4189551a2d022fa330f9573f3",), gz_size=1_648_877, content_size=TEST_IMAGES_BYTES
+        ),
+        "t10k-labels-idx1-ubyte.gz": Digests(
+            gz_md5=("ec29112dd5afa0611ce80d1b7f02629c",), gz_size=4_542, content_size=TEST_LABELS_BYTES
+        ),
     },
     mirrors=(
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -104,18 +116,26 @@ FASHION_MNIST = IdxDataset(
         "train-images-idx3-ubyte.gz": Digests(
             gz_md5=("8d4fb7e6c68d591d4c3dfef9ec88bf0d",),
             content_sha256=("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",),
+            gz_size=26_421_880,
+            content_size=TRAIN_IMAGES_BYTES,
         ),
         "train-labels-idx1-ubyte.gz": Digests(
             gz_md5=("25c81989df183df01b3e8a0aad5dffbe",),
             content_sha256=("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",),
+            gz_size=29_515,
+            content_size=TRAIN_LABELS_BYTES,
         ),
         "t10k-images-idx3-ubyte.gz": Digests(
             gz_md5=("bef4ecab320f06d8554ea6380940ec79",),
             content_sha256=("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",),
+            gz_size=4_422_102,
+            content_size=TEST_IMAGES_BYTES,
         ),
         "t10k-labels-idx1-ubyte.gz": Digests(
             gz_md5=("bb300cfdad3c16e7a12a480ee83cd310",),
             content_sha256=("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",),
+            gz_size=5_148,
+            content_size=TEST_LABELS_BYTES,
         ),
     },
     mirrors=(

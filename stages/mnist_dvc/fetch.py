@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
@@ -9,15 +10,18 @@ import io
 import socket
 import struct
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import urllib.response
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -34,10 +38,14 @@ SIDE = 28
 
 # Network knobs, module constants so tests can make failures fast.
 TIMEOUT = 30.0  # seconds for the connect and for each read: a stalled mirror is given up
+# Seconds for one file, every attempt included: the largest (26 MB) at 45 kB/s. A mirror that trickles a byte now
+# and then never hits TIMEOUT; this ends it. Checked between reads (each waits at most TIMEOUT); no retry starts late.
+DEADLINE = 600.0
 RETRIES = 2  # further attempts after a transient failure (timeout, cut connection, HTTP 5xx or 429)
 BACKOFF = 1.0  # seconds before the first retry, doubled for each next one
 CHUNK = 1 << 20
 MAX_IDX_BYTES = 100_000_000  # no 28x28 IDX file is larger: refuse a gzip bomb instead of filling memory
+GZIP_SLACK = 1024  # gzip's header and trailer, with room for a file name or comment in the header
 USER_AGENT = "mnist-dvc"  # some mirrors refuse urllib's default agent
 
 
@@ -49,12 +57,30 @@ class SourceError(Exception):
         self.transient = transient
 
 
+def idx_size(count: int, images: bool) -> int:
+    """Bytes of an IDX file of `count` 28x28 images or labels: header, then one byte per pixel or label."""
+    return 16 + count * SIDE * SIDE if images else 8 + count
+
+
+def gzip_bound(content_size: int) -> int:
+    """The most bytes any gzip of `content_size` bytes takes: zlib's compressBound (stored blocks) plus the header."""
+    return content_size + (content_size >> 12) + (content_size >> 14) + (content_size >> 25) + 13 + GZIP_SLACK
+
+
 @dataclass(frozen=True)
 class Digests:
-    """What one IDX file may hash to. Mirrors may recompress the .gz, so the content digest is the robust one."""
+    """What one IDX file may hash to, and its sizes. Mirrors may recompress the .gz: the content digest is robust."""
 
     gz_md5: tuple[str, ...] = ()  # of the .gz bytes, as a mirror publishes it
     content_sha256: tuple[str, ...] = ()  # of the decompressed IDX bytes
+    gz_size: int = 0  # bytes of the .gz as published
+    content_size: int = 0  # bytes of the decompressed IDX file
+
+    @property
+    def max_gz_bytes(self) -> int:
+        """The most a mirror may send. Not the published size: a recompressed copy (even stored, level 0) is as good,
+        so whatever gzip can make of the content is allowed; what is larger, or endless, is no copy of this file."""
+        return max(self.gz_size, gzip_bound(self.content_size))
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,8 @@ class IdxDataset:
     def __post_init__(self) -> None:
         if set(self.digests) != set(IDX_FILES) or not all(d.gz_md5 or d.content_sha256 for d in self.digests.values()):
             raise ValueError(f"{self.name}: give at least one digest for each of {', '.join(IDX_FILES)}")
+        if not all(d.content_size > 0 for d in self.digests.values()):
+            raise ValueError(f"{self.name}: give the content size of each file: it bounds what a download may take")
 
 
 # --- the IDX format -----------------------------------------------------------------------------
@@ -126,9 +154,8 @@ def check_digests(raw: bytes, content: bytes, digests: Digests) -> None:
     raise SourceError(f"checksum mismatch: expected {' or '.join(expected)}; got {got}")
 
 
-def read_verified(path: Path, name: str, digests: Digests, n_classes: int) -> np.ndarray:
-    """The array in the IDX .gz file `name` stored at `path`, once its structure and a digest check out."""
-    raw = path.read_bytes()
+def verified(raw: bytes, name: str, digests: Digests, n_classes: int) -> np.ndarray:
+    """The array in `raw`, the bytes of the IDX .gz file `name`, once its structure and a digest check out."""
     content = decompress(raw)
     array = parse_idx(content, name in IMAGE_FILES, n_classes)
     check_digests(raw, content, digests)
@@ -167,37 +194,92 @@ def base_url(mirror: str) -> str:
     return mirror.rstrip("/") + "/"
 
 
-def stream(url: str, path: Path) -> None:
-    """Copy one URL into `path`, failing when the server sends fewer bytes than it announced."""
+def cache_error(folder: Path, error: OSError) -> UserError:
+    """The download cache cannot take a file: no mirror can fix that, another cache folder can."""
+    reason = "no space left on the device" if error.errno == errno.ENOSPC else error.strerror or str(error)
+    advice = "set MNIST_DVC_CACHE to a writable folder"
+    return UserError(f"cannot write to the download cache {folder} ({reason}): {advice}")
+
+
+Response = http.client.HTTPResponse | urllib.response.addinfourl
+
+
+def open_url(url: str) -> Response:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    received, announced = 0, None
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response, open(path, "wb") as out:
-            length = response.headers.get("Content-Length", "")
-            announced = int(length) if length.isdigit() else None
-            name = url.rsplit("/", 1)[-1]
-            with tqdm(total=announced, desc=name, unit="B", unit_scale=True, disable=not sys.stderr.isatty()) as bar:
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
+        return urllib.request.urlopen(request, timeout=TIMEOUT)
     except (OSError, http.client.HTTPException) as error:
         raise SourceError(*describe(error)) from None
+
+
+def announced_length(response: Response, limit: int) -> int | None:
+    """The Content-Length, if any: one above `limit` is refused before a byte is read."""
+    length = response.headers.get("Content-Length", "")
+    announced = int(length) if length.isdigit() else None
+    if announced is not None and announced > limit:
+        raise SourceError(f"announces {announced:,} bytes, more than the {limit:,} this file can take")
+    return announced
+
+
+def read_some(response: Response, size: int) -> bytes:
+    """What has arrived, up to `size` bytes: read1 returns as soon as there is any, so the deadline can be checked."""
+    try:
+        return response.read1(size)
+    except (OSError, http.client.HTTPException) as error:
+        raise SourceError(*describe(error)) from None
+
+
+def check_progress(received: int, announced: int | None, limit: int, deadline: float) -> None:
+    """Stop a body that outgrows the file, or takes longer than a file may: neither ends on its own."""
+    if received > limit:
+        raise SourceError(f"sent more than {limit:,} bytes, the most this file can take")
+    if time.monotonic() > deadline:
+        of = f" of {announced:,}" if announced is not None else ""
+        raise SourceError(f"too slow: {received:,}{of} bytes after {DEADLINE:g} s, the time allowed for one file")
+
+
+def copy_body(response: Response, out: BinaryIO, announced: int | None, limit: int, deadline: float) -> int:
+    """Write the body to `out`, at most `limit` bytes, by `deadline`; the bytes copied."""
+    received = 0
+    name = response.url.rsplit("/", 1)[-1]
+    with tqdm(total=announced, desc=name, unit="B", unit_scale=True, disable=not sys.stderr.isatty()) as bar:
+        while chunk := read_some(response, min(CHUNK, limit + 1 - received)):  # one byte more tells "too long"
+            received += len(chunk)
+            check_progress(received, announced, limit, deadline)
+            out.write(chunk)
+            bar.update(len(chunk))
+    return received
+
+
+def stream(url: str, path: Path, limit: int, deadline: float) -> None:
+    """Copy one URL into `path`, failing when the server sends fewer bytes than it announced.
+
+    Failures of the source are SourceErrors; a failure to write `path` is the cache's, named as such.
+    """
+    with open_url(url) as response:
+        announced = announced_length(response, limit)
+        try:
+            with open(path, "wb") as out:
+                received = copy_body(response, out, announced, limit, deadline)
+        except OSError as error:  # read errors are SourceErrors by now: this is the local disk
+            raise cache_error(path.parent, error) from None
     if announced is not None and received < announced:
         raise SourceError(f"connection closed after {received:,} of {announced:,} bytes", transient=True)
 
 
-def download(url: str, path: Path) -> None:
-    """`stream`, tried again after a transient failure with an exponential backoff."""
+def download(url: str, path: Path, limit: int) -> None:
+    """`stream`, tried again after a transient failure with an exponential backoff, all within DEADLINE."""
+    deadline = time.monotonic() + DEADLINE
     for attempt in range(RETRIES + 1):
         try:
-            return stream(url, path)
+            return stream(url, path, limit, deadline)
         except SourceError as error:
             if not error.transient:
                 raise
-            if attempt == RETRIES:
-                raise SourceError(f"{error} ({RETRIES + 1} attempts)") from None
             delay = BACKOFF * 2**attempt
+            if attempt == RETRIES or time.monotonic() + delay > deadline:
+                attempts = f"{attempt + 1} attempts" if attempt else "1 attempt"
+                raise SourceError(f"{error} ({attempts})") from None
             log(f"{url}: {error}; retrying in {delay:g} s")
             time.sleep(delay)
 
@@ -205,25 +287,71 @@ def download(url: str, path: Path) -> None:
 def fetch_file(url: str, path: Path, digests: Digests, n_classes: int) -> np.ndarray:
     """Download into a temporary file beside `path`; it becomes `path` only once verified."""
     with atomic_path(path) as tmp:
-        download(url, tmp)
-        array = read_verified(tmp, path.name, digests, n_classes)
+        download(url, tmp, digests.max_gz_bytes)
+        array = verified(tmp.read_bytes(), path.name, digests, n_classes)
     return array
 
 
+def remove_cached(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as error:
+        raise cache_error(path.parent, error) from None
+
+
 def cached(path: Path, digests: Digests, n_classes: int) -> np.ndarray | None:
-    """The array of a cached file that still verifies; a file that does not is removed."""
-    if not path.exists():
+    """The array of a cached file that still verifies; one that does not is removed, one unreadable replaced."""
+    if path.is_dir():  # it would refuse the downloaded file too, after the download: say so now
+        advice = "remove it, or set MNIST_DVC_CACHE to another folder"
+        raise UserError(f"{path}: a folder is where the downloaded file belongs: {advice}")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # a fresh download replaces it (the rename needs no access to the file itself)
+        log(f"{path}: cannot read the cached file ({error.strerror or error}); fetching it again")
         return None
     try:
-        return read_verified(path, path.name, digests, n_classes)
+        return verified(raw, path.name, digests, n_classes)
     except SourceError as error:
         log(f"{path}: cached file failed verification ({error}); fetching it again")
-        path.unlink()
+        remove_cached(path)
         return None
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any download when the cache cannot hold a new file, rather than blame every mirror."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise cache_error(folder, error) from None
+
+
+def count_mismatch(arrays: Mapping[str, np.ndarray], pair: tuple[str, str]) -> str | None:
+    """Why the images and labels of `pair` cannot go together, if both are there and they cannot."""
+    images_name, labels_name = pair
+    if images_name not in arrays or labels_name not in arrays:
+        return None
+    n_images, n_labels = len(arrays[images_name]), len(arrays[labels_name])
+    if n_images == n_labels:
+        return None
+    return f"{images_name} holds {n_images:,} images but {labels_name} {n_labels:,} labels"
+
+
+def drop_pair(arrays: dict[str, np.ndarray], folder: Path, pair: tuple[str, str]) -> None:
+    """Forget both files of a mismatched pair, cached copies included.
+
+    Each file verified on its own, so which one is wrong cannot be told; the next source provides both, and
+    a pair from one source agrees. Keeping either would fail every later run against a correct partner.
+    """
+    for name in pair:
+        del arrays[name]
+        remove_cached(folder / name)
 
 
 def fetch_from(mirror: str, dataset: IdxDataset, arrays: dict[str, np.ndarray], folder: Path, n_classes: int) -> None:
-    """Add to `arrays` each file it lacks, from one mirror; stop at the first file that fails."""
+    """Add to `arrays` each file it lacks, from one mirror; stop at the first file or pair that fails."""
     base = base_url(mirror)
     for name in IDX_FILES:
         if name in arrays:
@@ -233,15 +361,14 @@ def fetch_from(mirror: str, dataset: IdxDataset, arrays: dict[str, np.ndarray], 
         except SourceError as error:
             raise SourceError(f"{name}: {error}") from None
         log(f"fetched {name} from {mirror}")
+        pair = TRAIN_FILES if name in TRAIN_FILES else TEST_FILES
+        if reason := count_mismatch(arrays, pair):
+            drop_pair(arrays, folder, pair)
+            raise SourceError(reason)
 
 
-def assemble(arrays: Mapping[str, np.ndarray], folder: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    for images_name, labels_name in (TRAIN_FILES, TEST_FILES):
-        n_images, n_labels = len(arrays[images_name]), len(arrays[labels_name])
-        if n_images != n_labels:
-            raise UserError(
-                f"{folder / images_name} holds {n_images:,} images but {folder / labels_name} {n_labels:,} labels"
-            )
+def assemble(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+    """The four files as one dataset; each pair's counts agree (`count_mismatch` dropped any that did not)."""
     images = np.concatenate([arrays[TRAIN_FILES[0]], arrays[TEST_FILES[0]]])
     labels = np.concatenate([arrays[TRAIN_FILES[1]], arrays[TEST_FILES[1]]])
     return images, labels, len(arrays[TRAIN_FILES[1]])
@@ -308,6 +435,20 @@ def failure_message(dataset: IdxDataset, failures: Sequence[str]) -> str:
     )
 
 
+def cached_arrays(dataset: IdxDataset, folder: Path, n_classes: int) -> dict[str, np.ndarray]:
+    """The files in the cache that verify, without a pair whose counts disagree (an older run may have left one)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name in IDX_FILES:
+        array = cached(folder / name, dataset.digests[name], n_classes)
+        if array is not None:
+            arrays[name] = array
+    for pair in (TRAIN_FILES, TEST_FILES):
+        if reason := count_mismatch(arrays, pair):
+            log(f"{folder}: cached {reason}; fetching both again")
+            drop_pair(arrays, folder, pair)
+    return arrays
+
+
 def fetch_dataset(
     dataset: IdxDataset, mirrors: Sequence[str], cache_dir: Path, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -319,15 +460,13 @@ def fetch_dataset(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the download cache {folder} ({error}): set MNIST_DVC_CACHE") from None
+        raise cache_error(folder, error) from None
     remove_stale_temporaries(folder)
-    arrays: dict[str, np.ndarray] = {}
-    for name in IDX_FILES:
-        array = cached(folder / name, dataset.digests[name], n_classes)
-        if array is not None:
-            arrays[name] = array
+    arrays = cached_arrays(dataset, folder, n_classes)
     if len(arrays) == len(IDX_FILES):
         log(f"using the verified files cached in {folder}")
+    else:
+        check_writable(folder)
 
     failures = []
     for mirror in (*mirrors, *dataset.mirrors):
@@ -338,7 +477,7 @@ def fetch_dataset(
         except SourceError as error:
             failures.append(f"{mirror}: {error}")
     if len(arrays) == len(IDX_FILES):
-        return assemble(arrays, folder)
+        return assemble(arrays)
 
     if dataset.openml is not None:
         openml = dataset.openml
