@@ -17,6 +17,7 @@ from mnist_dvc.curves import write_binary_curves
 from mnist_dvc.figures import new_figure, plot_confusion_matrices, save_figure
 from mnist_dvc.files import json_number, json_value, read_json, write_csv, write_json
 from mnist_dvc.metrics import (
+    BINARY_FEATURES_DTYPE,
     best_model,
     binary_metrics,
     is_target,
@@ -123,7 +124,8 @@ def main() -> None:
     figures = FIGURES_DIR / "test"
 
     log("binary: scoring the test set")
-    binary, scores = evaluate_binary(binary_models, features, target, cv_threshold)
+    binary_features = to_features(images, BINARY_FEATURES_DTYPE)
+    binary, scores = evaluate_binary(binary_models, binary_features, target, cv_threshold)
     legends = {name: f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})" for name in ("sgd", "forest")}
     question = f"'is it a {class_names[digit]}?'"
     write_binary_curves(target, scores, legends, "test", figures / "binary_", f"{question}, test set")

@@ -14,7 +14,15 @@ from mnist_dvc.arrays import load_class_names, load_split, to_features
 from mnist_dvc.curves import write_binary_curves
 from mnist_dvc.figures import plot_precision_recall_vs_threshold, save_figure
 from mnist_dvc.files import write_json
-from mnist_dvc.metrics import binary_metrics, decision_cutoff, is_target, rounded, score_method, threshold_for_precision
+from mnist_dvc.metrics import (
+    BINARY_FEATURES_DTYPE,
+    binary_metrics,
+    decision_cutoff,
+    is_target,
+    rounded,
+    score_method,
+    threshold_for_precision,
+)
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, check_folds, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, THRESHOLD_FILE
@@ -84,7 +92,7 @@ def main() -> None:
     class_names = load_class_names()
     check_at_most("binary.digit", params.digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
     class_name = class_names[params.digit]
-    features, target = to_features(images), is_target(labels, params.digit)
+    features, target = to_features(images, BINARY_FEATURES_DTYPE), is_target(labels, params.digit)
     check_both_classes(target, params.digit, class_name)
     check_folds("binary.cv_folds", params.cv_folds, target)
     folds = StratifiedKFold(n_splits=params.cv_folds)

@@ -91,9 +91,9 @@ def load_split(part: str) -> tuple[np.ndarray, np.ndarray]:
     return load_labelled_images(SPLIT_DIR, f"{part}_")
 
 
-def to_features(images: np.ndarray) -> np.ndarray:
-    """Flatten (n, 28, 28) uint8 images to (n, 784) float32 pixels in [0, 1]."""
-    return images.reshape(len(images), -1).astype(np.float32) / np.float32(255)
+def to_features(images: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Flatten (n, 28, 28) uint8 images to (n, 784) pixels in [0, 1], float32 unless a task needs more."""
+    return images.reshape(len(images), -1).astype(dtype) / dtype(255)
 
 
 def first_n(n: int | None, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -15,6 +15,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+# The binary task's scores are reported as curves and a threshold: in float32, a dot product's last digits depend on
+# the CPU's BLAS kernel (measured: the threshold moved in its 7th digit under OPENBLAS_CORETYPE=Prescott), in float64
+# they stay far below the digits the reports keep.
+BINARY_FEATURES_DTYPE = np.float64
 MAX_CURVE_POINTS = 500  # plenty for a smooth line; keeps the committed CSVs small
 
 
