@@ -26,27 +26,25 @@ from mnist_dvc.metrics import (
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, check_folds, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, THRESHOLD_FILE
-from mnist_dvc.runner import UserError, log, n_jobs, refused_by_estimator, run_stage
+from mnist_dvc.runner import UserError, log, refused_by_estimator, run_stage
 from mnist_dvc.schema import BinaryParams
 
 
-def build_models(params: BinaryParams, n_jobs: int) -> dict[str, Any]:
+def build_models(params: BinaryParams) -> dict[str, Any]:
     return {
         "sgd": SGDClassifier(**params.sgd.model_dump()),
         "dummy": DummyClassifier(**params.dummy.model_dump()),
         # Out-of-bag probabilities give honest scores for the ROC curve from a single fit.
-        "forest": RandomForestClassifier(**params.forest.model_dump(), oob_score=True, n_jobs=n_jobs),
+        "forest": RandomForestClassifier(**params.forest.model_dump(), oob_score=True),
     }
 
 
-def out_of_sample_scores(
-    name: str, model: Any, features: np.ndarray, target: np.ndarray, folds: Any, n_jobs: int
-) -> np.ndarray:
+def out_of_sample_scores(name: str, model: Any, features: np.ndarray, target: np.ndarray, folds: Any) -> np.ndarray:
     """Scores for every training image from a model that did not see it (CV folds, or out-of-bag)."""
     if name == "forest":
         model.fit(features, target)
         return oob_scores(model)
-    scores = cross_val_predict(model, features, target, cv=folds, method=score_method(model), n_jobs=n_jobs)
+    scores = cross_val_predict(model, features, target, cv=folds, method=score_method(model))
     return scores if scores.ndim == 1 else scores[:, 1]
 
 
@@ -87,7 +85,6 @@ def check_both_classes(target: np.ndarray, digit: int, class_name: str) -> None:
 
 def main() -> None:
     params = load_params("binary", BinaryParams)
-    jobs = n_jobs()
     images, labels = load_split("train")
     class_names = load_class_names()
     check_at_most("binary.digit", params.digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
@@ -101,11 +98,11 @@ def main() -> None:
     metrics: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     reached: dict[str, tuple[float, float] | None] = {}
-    models = build_models(params, jobs)
+    models = build_models(params)
     for name, model in models.items():
         log(f"{name}: out-of-sample scores ({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})")
         with refused_by_estimator(f"binary.{name}"):
-            scores[name] = out_of_sample_scores(name, model, features, target, folds, jobs)
+            scores[name] = out_of_sample_scores(name, model, features, target, folds)
             if name != "forest":
                 model.fit(features, target)
         kind = "oob" if name == "forest" else "cv"

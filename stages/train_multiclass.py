@@ -22,32 +22,32 @@ from mnist_dvc.metrics import best_model, rounded
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR
-from mnist_dvc.runner import log, n_jobs, refused_by_estimator, run_stage
+from mnist_dvc.runner import log, refused_by_estimator, run_stage
 from mnist_dvc.schema import MulticlassModels, MulticlassParams, SVCParams
 
 
-def svc_pipeline(params: SVCParams, one_vs_rest: bool, n_jobs: int) -> Pipeline:
+def svc_pipeline(params: SVCParams, one_vs_rest: bool) -> Pipeline:
     svc = SVC(C=params.C, gamma=params.gamma)
     steps: list[tuple[str, Any]] = []
     if params.pca_components is not None:
         # The kernel's cost grows with the input width: 50 components keep the accuracy at a fraction of it.
         steps.append(("pca", PCA(n_components=params.pca_components, svd_solver="covariance_eigh")))
-    steps.append(("svc", OneVsRestClassifier(svc, n_jobs=n_jobs) if one_vs_rest else svc))
+    steps.append(("svc", OneVsRestClassifier(svc) if one_vs_rest else svc))
     return Pipeline(steps)
 
 
-def build_models(params: MulticlassParams, n_jobs: int) -> dict[str, tuple[Any, int | None]]:
+def build_models(params: MulticlassParams) -> dict[str, tuple[Any, int | None]]:
     """Each enabled model with the number of training images it is fitted on (None = all)."""
     models: dict[str, tuple[Any, int | None]] = {}
     chosen = params.models
     if chosen.svc_ovo is not None:
-        models["svc_ovo"] = (svc_pipeline(chosen.svc_ovo, False, n_jobs), chosen.svc_ovo.max_train_samples)
+        models["svc_ovo"] = (svc_pipeline(chosen.svc_ovo, False), chosen.svc_ovo.max_train_samples)
     if chosen.svc_ovr is not None:
-        models["svc_ovr"] = (svc_pipeline(chosen.svc_ovr, True, n_jobs), chosen.svc_ovr.max_train_samples)
+        models["svc_ovr"] = (svc_pipeline(chosen.svc_ovr, True), chosen.svc_ovr.max_train_samples)
     if chosen.forest is not None:
-        models["forest"] = (RandomForestClassifier(**chosen.forest.model_dump(), n_jobs=n_jobs), None)
+        models["forest"] = (RandomForestClassifier(**chosen.forest.model_dump()), None)
     if chosen.sgd is not None:
-        classifier = SGDClassifier(**chosen.sgd.model_dump(exclude={"standardize"}), n_jobs=n_jobs)
+        classifier = SGDClassifier(**chosen.sgd.model_dump(exclude={"standardize"}))
         steps = [("sgd", classifier)]
         if chosen.sgd.standardize:
             steps.insert(0, ("scale", StandardScaler()))
@@ -97,7 +97,6 @@ def plot_confused_pair(
 
 def main() -> None:
     params = load_params("multiclass", MulticlassParams)
-    jobs = n_jobs()
     images, labels = load_split("train")
     class_names = load_class_names()
     features = to_features(images)
@@ -107,11 +106,11 @@ def main() -> None:
 
     metrics: dict[str, Any] = {}
     cv_predictions: dict[str, np.ndarray] = {}
-    models = build_models(params, jobs)
+    models = build_models(params)
     for name, (model, fit_size) in models.items():
         log(f"{name}: {params.cv_folds}-fold CV on {len(cv_labels)} images")
         with refused_by_estimator(f"multiclass.models.{name}"):
-            cv_predictions[name] = cross_val_predict(model, cv_features, cv_labels, cv=folds, n_jobs=jobs)
+            cv_predictions[name] = cross_val_predict(model, cv_features, cv_labels, cv=folds)
             metrics[name] = {"cv": {"accuracy": rounded(accuracy_score(cv_labels, cv_predictions[name]))}}
             fit_features, fit_labels = first_n(fit_size, features, labels)
             log(f"{name}: CV accuracy {metrics[name]['cv']['accuracy']:.4f}; fitting on {len(fit_labels)} images")

@@ -11,12 +11,12 @@ from mnist_dvc.metrics import multilabel_f1, multilabel_targets
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, fold_train_size, load_params
 from mnist_dvc.paths import METRICS_DIR, MODELS_DIR
-from mnist_dvc.runner import log, n_jobs, refused_by_estimator, run_stage
+from mnist_dvc.runner import log, refused_by_estimator, run_stage
 from mnist_dvc.schema import KNNParams, MultilabelParams
 
 
-def build_model(params: KNNParams, n_jobs: int) -> KNeighborsClassifier:
-    return KNeighborsClassifier(**params.model_dump(), n_jobs=n_jobs)
+def build_model(params: KNNParams) -> KNeighborsClassifier:
+    return KNeighborsClassifier(**params.model_dump())
 
 
 def check_sizes(params: MultilabelParams, n_samples: int) -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     params = load_params("multilabel", MultilabelParams)
     images, labels = load_split("train")
     features, targets = to_features(images), multilabel_targets(labels)
-    model = build_model(params.knn, n_jobs())
+    model = build_model(params.knn)
 
     cv_features, cv_targets = first_n(params.cv_max_samples, features, targets)
     check_sizes(params, len(cv_targets))

@@ -193,10 +193,10 @@ def build_all(section: str, params):
     import train_multilabel
 
     if section == "binary":
-        return list(train_binary.build_models(params, n_jobs=1).values())
+        return list(train_binary.build_models(params).values())
     if section == "multiclass":
-        return [model for model, _ in train_multiclass.build_models(params, n_jobs=1).values()]
-    return [train_multilabel.build_model(params.knn, n_jobs=1)]
+        return [model for model, _ in train_multiclass.build_models(params).values()]
+    return [train_multilabel.build_model(params.knn)]
 
 
 CASES = [

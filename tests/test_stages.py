@@ -73,8 +73,8 @@ def test_binary_scores_beat_the_dummy_on_real_digits(sample):
     features, target = images.reshape(len(images), -1) / 255, labels == params.digit
     folds = StratifiedKFold(n_splits=3)
     results = {}
-    for name, model in train_binary.build_models(params, n_jobs=1).items():
-        scores = train_binary.out_of_sample_scores(name, model, features, target, folds, n_jobs=1)
+    for name, model in train_binary.build_models(params).items():
+        scores = train_binary.out_of_sample_scores(name, model, features, target, folds)
         assert scores.shape == (len(target),)
         cutoff = metrics.decision_cutoff(model)
         reached = metrics.threshold_for_precision(target, scores, params.target_precision)
@@ -88,7 +88,7 @@ def test_every_multiclass_model_learns_the_digits(sample):
     images, labels = sample
     params = MulticlassParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"])
     features = images.reshape(len(images), -1).astype(np.float32) / 255
-    models = train_multiclass.build_models(params, n_jobs=1)
+    models = train_multiclass.build_models(params)
     assert list(models) == ["svc_ovo", "svc_ovr", "forest", "sgd"]
     for name, (model, _) in models.items():
         accuracy = (model.fit(features[:500], labels[:500]).predict(features[500:]) == labels[500:]).mean()

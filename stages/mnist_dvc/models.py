@@ -4,6 +4,7 @@ the types the pipeline writes. Nothing is pickled, ever."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import zipfile
 from pathlib import Path
@@ -50,15 +51,21 @@ def canonical_skops(raw: bytes) -> bytes:
     with zipfile.ZipFile(io.BytesIO(raw)) as archive:
         schema = json.loads(archive.read("schema.json"))
         ids: dict[int, int] = {}
+        new_ids = itertools.count(1)  # from 1: skops shares objects only under a non-zero id
         files: dict[str, str] = {}
 
         def renumber(node: Any) -> Any:
             if isinstance(node, dict):
                 result = {}
                 for key, value in node.items():
-                    if key == "__id__":
-                        # From 1: skops shares objects only under a non-zero id.
-                        value = ids.setdefault(value, len(ids) + 1)
+                    if key == "__id__" and node.get("__loader__") == "JsonNode":
+                        # A plain value (str, int, float): sharing it means nothing, yet whether two attributes hold
+                        # the same object depends on how joblib batched the fits that made them. One id each.
+                        value = next(new_ids)
+                    elif key == "__id__":
+                        if value not in ids:
+                            ids[value] = next(new_ids)
+                        value = ids[value]
                     elif key == "file" and isinstance(value, str):
                         value = files.setdefault(value, f"{len(files)}{Path(value).suffix}")
                     else:

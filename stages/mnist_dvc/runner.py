@@ -1,4 +1,8 @@
-"""How every stage runs: `--help`, threads pinned, worker count from the environment, user errors as one line."""
+"""How every stage runs: `--help`, threads pinned, worker count from the environment, user errors as one line.
+
+The worker count reaches scikit-learn through joblib's `parallel_config`, not through the estimators' `n_jobs`:
+an estimator keeps its `n_jobs` and skops saves it, so passing it would make the model files depend on the machine.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from joblib import parallel_config
 from threadpoolctl import threadpool_limits
 
 JOBS_VARIABLE = "MNIST_DVC_JOBS"
@@ -56,11 +61,14 @@ def refused_by_estimator(key: str) -> Iterator[None]:
 
 
 def run_stage(main: Callable[[], None], description: str) -> None:
-    """Entry point of every stage: `--help`, then `main()` with one BLAS/OpenMP thread, user errors as one line."""
+    """Entry point of every stage: `--help`, then `main()` with one BLAS/OpenMP thread and `n_jobs()` workers.
+
+    A user error ends the stage with one line and exit code 1.
+    """
     argparse.ArgumentParser(description=description).parse_args()
     os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # inherited by joblib's worker processes
     try:
-        with threadpool_limits(limits=1):
+        with threadpool_limits(limits=1), parallel_config(n_jobs=n_jobs()):
             main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
