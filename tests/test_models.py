@@ -139,3 +139,22 @@ def test_a_valid_model_of_the_wrong_kind_is_refused(tmp_path):
         load_model(tmp_path / "knn.skops", KNeighborsClassifier, 5)
     with pytest.raises(UserError, match=r"knn.skops: the model is not fitted on 784 features"):
         load_model(tmp_path / "knn.skops", type(fitted_model()), 784)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_how_joblib_batched_the_fits_does_not_change_the_bytes(tmp_path, monkeypatch, batch_size):
+    """Fits returned in one batch share their plain values (strings, numbers); the file must not show it."""
+    import sklearn.multiclass
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.svm import SVC
+    from sklearn.utils.parallel import Parallel
+
+    rng = np.random.default_rng(0)
+    features = rng.random((300, 20))
+    labels = (features[:, 0] * 10).astype(int)
+    one_by_one = OneVsRestClassifier(SVC()).fit(features, labels)
+    save_model(tmp_path / "serial.skops", one_by_one)
+    monkeypatch.setattr(sklearn.multiclass, "Parallel", lambda *a, **k: Parallel(*a, batch_size=batch_size, **k))
+    batched = OneVsRestClassifier(SVC(), n_jobs=2).fit(features, labels).set_params(n_jobs=None)
+    save_model(tmp_path / "batched.skops", batched)
+    assert (tmp_path / "batched.skops").read_bytes() == (tmp_path / "serial.skops").read_bytes()
