@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -78,6 +79,38 @@ def test_a_model_file_naming_an_untrusted_type_is_refused(tmp_path):
     save_model(path, fitted_model())
     tamper(path, "os", "system")
     with pytest.raises(UserError, match=r"model.skops: refused to load, the file names untrusted types: os.system"):
+        read_model(path)
+
+
+def test_the_trusted_types_are_the_trees_and_the_feature_steps_only():
+    from mnist_dvc.models import TRUSTED_MODEL_TYPES
+
+    assert sorted(TRUSTED_MODEL_TYPES) == [
+        "mnist_dvc.features.Deskew",
+        "mnist_dvc.features.HogFeatures",
+        "mnist_dvc.features.ShiftAugmented",
+        "sklearn.tree._tree.Tree",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("mnist_dvc.features", "shifted_copies"),  # a function beside the trusted classes
+        ("mnist_dvc.features", "Parallel"),  # a name the module imports
+        ("mnist_dvc.runner", "UserError"),  # another class of the package
+        ("skimage.feature", "hog"),
+        ("builtins", "eval"),
+    ],
+)
+def test_a_model_file_naming_any_other_type_is_still_refused(tmp_path, module, name):
+    """Trusting the feature steps trusts those three classes, not their module, the package or skimage."""
+    path = tmp_path / "model.skops"
+    save_model(path, fitted_model())
+    tamper(path, module, name)
+    with pytest.raises(
+        UserError, match=rf"refused to load, the file names untrusted types: {re.escape(module + '.' + name)}$"
+    ):
         read_model(path)
 
 

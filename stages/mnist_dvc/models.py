@@ -17,8 +17,13 @@ from mnist_dvc.paths import display_path
 from mnist_dvc.runner import UserError
 
 # skops trusts scikit-learn's estimators and numpy's arrays by default. These are the only other types the
-# pipeline's models contain; a file naming anything else is refused.
-TRUSTED_MODEL_TYPES = ["sklearn.tree._tree.Tree"]
+# pipeline's models contain (a forest's trees, the project's feature steps); a file naming anything else is refused.
+TRUSTED_MODEL_TYPES = [
+    "sklearn.tree._tree.Tree",
+    "mnist_dvc.features.Deskew",
+    "mnist_dvc.features.HogFeatures",
+    "mnist_dvc.features.ShiftAugmented",
+]
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
