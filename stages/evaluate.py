@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,12 @@ from sklearn.pipeline import Pipeline
 
 from mnist_dvc.arrays import SIDE, load_class_names, load_split, to_features
 from mnist_dvc.curves import write_binary_curves
-from mnist_dvc.figures import new_figure, plot_confusion_matrices, save_figure
+from mnist_dvc.denoise import TEST_STREAM, mean_absolute_error, noisy_pixels
+from mnist_dvc.features import ShiftAugmented
+from mnist_dvc.figures import new_figure, plot_confusion_matrices, plot_denoising, save_figure
 from mnist_dvc.files import json_number, json_value, read_json, write_csv, write_json
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
-    best_model,
     binary_metrics,
     is_target,
     multilabel_f1,
@@ -28,14 +30,23 @@ from mnist_dvc.metrics import (
 )
 from mnist_dvc.models import load_model
 from mnist_dvc.params import load_params
-from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, PLOTS_DIR, THRESHOLD_FILE, display_path
+from mnist_dvc.paths import (
+    FIGURES_DIR,
+    METRICS_DIR,
+    MODELS_DIR,
+    PLOTS_DIR,
+    SELECTED_FILE,
+    THRESHOLD_FILE,
+    display_path,
+)
 from mnist_dvc.runner import UserError, log, run_stage
-from mnist_dvc.schema import ClassIndex, MulticlassModels
+from mnist_dvc.schema import ClassIndex, DenoiseParams, MulticlassModels
 
 BINARY_MODELS = {"sgd": SGDClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
-MULTICLASS_KINDS = (Pipeline, RandomForestClassifier)
+MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
 N_PIXELS = SIDE * SIDE
 MISCLASSIFIED_SHOWN = 40
+DENOISED_SHOWN = 10
 
 
 def evaluate_binary(
@@ -68,19 +79,20 @@ def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndar
     return figure
 
 
-def read_cv_results() -> tuple[float | None, dict[str, float]]:
-    """SGD's threshold chosen on the training folds, and each multiclass model's CV accuracy."""
+def read_training_results() -> tuple[float | None, list[str], str]:
+    """SGD's threshold chosen on the training folds, the multiclass models trained, and the one chosen."""
     threshold = json_number(THRESHOLD_FILE, read_json(THRESHOLD_FILE), "threshold", nullable=True)
     path = METRICS_DIR / "multiclass_cv.json"
-    multiclass = read_json(path)
-    names = json_value(path, multiclass, "multiclass")
+    names = json_value(path, read_json(path), "multiclass")
     unknown = set(names) - set(MulticlassModels.model_fields) if isinstance(names, dict) else {"(not a mapping)"}
     if not names or unknown:
         raise UserError(
             f"{display_path(path)}: expected CV results of the models {', '.join(MulticlassModels.model_fields)}"
         )
-    accuracy = {name: float(json_number(path, multiclass, f"multiclass.{name}.cv.accuracy")) for name in names}
-    return threshold, accuracy
+    best = json_value(SELECTED_FILE, read_json(SELECTED_FILE), "best")
+    if best not in names:
+        raise UserError(f"{display_path(SELECTED_FILE)}: 'best' should name one of {', '.join(names)}, got {best!r}")
+    return threshold, list(names), best
 
 
 def check_both_classes(target: np.ndarray, digit: int, class_name: str) -> None:
@@ -94,7 +106,7 @@ def check_both_classes(target: np.ndarray, digit: int, class_name: str) -> None:
         )
 
 
-def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
     """Every model, each checked to be the kind its stage writes, before anything is written."""
     binary = {
         name: load_model(MODELS_DIR / "binary" / f"{name}.skops", kind, N_PIXELS)
@@ -105,13 +117,35 @@ def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, 
         for name in multiclass_names
     }
     knn = load_model(MODELS_DIR / "multilabel" / "knn.skops", KNeighborsClassifier, N_PIXELS)
-    if not knn.outputs_2d_:
-        raise UserError(f"{display_path(MODELS_DIR / 'multilabel' / 'knn.skops')}: not a multilabel model")
-    return binary, multiclass, knn
+    denoiser = load_model(MODELS_DIR / "multilabel" / "denoiser.skops", KNeighborsClassifier, N_PIXELS)
+    for name, model, outputs in [("knn", knn, 2), ("denoiser", denoiser, N_PIXELS)]:
+        if not model.outputs_2d_ or len(model.classes_) != outputs:
+            path = display_path(MODELS_DIR / "multilabel" / f"{name}.skops")
+            raise UserError(f"{path}: a model with {outputs} outputs was expected, it has {len(model.classes_)}")
+    return binary, multiclass, (knn, denoiser)
+
+
+def evaluate_denoiser(denoiser: Any, images: np.ndarray, params: DenoiseParams, figure: Path) -> dict[str, Any]:
+    """Mean absolute pixel error (0..255) of the cleaned test images, beside that of the noisy input itself."""
+    noisy = noisy_pixels(images, params.noise, params.seed, TEST_STREAM)
+    cleaned = denoiser.predict(noisy)
+    noisy_scale = noisy * 255  # back on the pixels' scale
+    shown = [pixels[:DENOISED_SHOWN].reshape(-1, SIDE, SIDE) for pixels in (noisy_scale, cleaned, images)]
+    title = f"noise up to {params.noise} removed by KNN (k={denoiser.n_neighbors}), first test images"
+    save_figure(figure, plot_denoising(*shown, title))
+    return {
+        "knn": {
+            "test": {
+                "mean_abs_error": rounded(mean_absolute_error(images, cleaned)),
+                "mean_abs_error_noisy": rounded(mean_absolute_error(images, noisy_scale)),
+            }
+        }
+    }
 
 
 def main() -> None:
     digit = load_params("binary.digit", ClassIndex)
+    denoise = load_params("multilabel.denoise", DenoiseParams)
     images, labels = load_split("test")
     class_names = load_class_names()
     if digit >= len(class_names):
@@ -119,8 +153,8 @@ def main() -> None:
     target = is_target(labels, digit)
     check_both_classes(target, digit, class_names[digit])
     features = to_features(images)
-    cv_threshold, cv_accuracy = read_cv_results()
-    binary_models, multiclass_models, knn = load_models(list(cv_accuracy))
+    cv_threshold, multiclass_names, best = read_training_results()
+    binary_models, multiclass_models, (knn, denoiser) = load_models(multiclass_names)
     figures = FIGURES_DIR / "test"
 
     log("binary: scoring the test set")
@@ -141,13 +175,12 @@ def main() -> None:
         }
         for name, predicted in predictions.items()
     }
-    best = best_model(cv_accuracy)
     write_csv(
         PLOTS_DIR / "multiclass_test_confusion.csv",
         {"actual": np.array(class_names)[labels], "predicted": np.array(class_names)[predictions[best]]},
     )
     matrix = confusion_matrix(labels, predictions[best], labels=range(len(class_names)))
-    title = f"{MulticlassModels.describe(best)} on the test set (best by CV accuracy)"
+    title = f"{MulticlassModels.describe(best)} on the test set (best by validation accuracy)"
     save_figure(figures / "multiclass_confusion_matrices.png", plot_confusion_matrices(matrix, class_names, title))
     save_figure(
         figures / "multiclass_misclassified.png", plot_misclassified(images, labels, predictions[best], class_names)
@@ -156,7 +189,11 @@ def main() -> None:
     log("multilabel: scoring the test set")
     multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), knn.predict(features))}}
 
-    write_json(METRICS_DIR / "test.json", {"binary": binary, "multiclass": multiclass, "multilabel": multilabel})
+    log("multioutput: cleaning noisy test images")
+    multioutput = evaluate_denoiser(denoiser, images, denoise, figures / "multioutput_denoising.png")
+
+    results = {"binary": binary, "multiclass": multiclass, "multilabel": multilabel, "multioutput": multioutput}
+    write_json(METRICS_DIR / "test.json", results)
     log(f"best multiclass model: {best}, test accuracy {multiclass[best]['test']['accuracy']:.4f}")
 
 

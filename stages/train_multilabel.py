@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
 from mnist_dvc.arrays import first_n, load_split, to_features
+from mnist_dvc.denoise import TRAIN_STREAM, clean_targets, noisy_pixels
 from mnist_dvc.files import write_json
 from mnist_dvc.metrics import multilabel_f1, multilabel_targets
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, fold_train_size, load_params
 from mnist_dvc.paths import METRICS_DIR, MODELS_DIR
 from mnist_dvc.runner import log, refused_by_estimator, run_stage
-from mnist_dvc.schema import KNNParams, MultilabelParams
+from mnist_dvc.schema import DenoiseParams, KNNParams, MultilabelParams
 
 
 def build_model(params: KNNParams) -> KNeighborsClassifier:
@@ -31,6 +33,16 @@ def check_sizes(params: MultilabelParams, n_samples: int) -> None:
     )
 
 
+def fit_denoiser(params: DenoiseParams, images: np.ndarray) -> KNeighborsClassifier:
+    """The chapter's multioutput classifier: noisy pixels in, the 784 clean pixel values out."""
+    (clean,) = first_n(params.max_train_samples, images)
+    check_at_most("multilabel.denoise.n_neighbors", params.n_neighbors, len(clean), f"it learns from {len(clean)}")
+    log(f"denoiser: learning to clean {len(clean)} images with noise up to {params.noise}")
+    denoiser = KNeighborsClassifier(n_neighbors=params.n_neighbors)
+    with refused_by_estimator("multilabel.denoise"):
+        return denoiser.fit(noisy_pixels(clean, params.noise, params.seed, TRAIN_STREAM), clean_targets(clean))
+
+
 def main() -> None:
     params = load_params("multilabel", MultilabelParams)
     images, labels = load_split("train")
@@ -46,7 +58,10 @@ def main() -> None:
     metrics = multilabel_f1(cv_targets, predicted)
     log(f"knn: CV {metrics}")
 
+    denoiser = fit_denoiser(params.denoise, images)
+
     save_model(MODELS_DIR / "multilabel" / "knn.skops", model)
+    save_model(MODELS_DIR / "multilabel" / "denoiser.skops", denoiser)
     write_json(METRICS_DIR / "multilabel_cv.json", {"multilabel": {"knn": {"cv": metrics}}})
 
 

@@ -16,6 +16,7 @@ from mnist_dvc.datasets import DIGITS, FASHION
 
 pytestmark = pytest.mark.slow
 
+ALL_MODELS = {"svc_hog", "svc_ovo", "svc_ovr", "knn", "forest", "sgd"}
 STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
 
 
@@ -117,7 +118,10 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
 
 def test_train_multiclass_cross_validates_every_model(workspace):
     metrics = read_json(workspace / "reports/metrics/multiclass_cv.json")["multiclass"]
-    assert set(metrics) == {"svc_ovo", "svc_ovr", "forest", "sgd"}
+    assert set(metrics) == ALL_MODELS
+    assert all(0 < m["validation"]["accuracy"] <= 1 for m in metrics.values())
+    selected = read_json(workspace / "data/models/multiclass/selected.json")["best"]
+    assert metrics[selected]["validation"]["accuracy"] == max(m["validation"]["accuracy"] for m in metrics.values())
     assert max(m["cv"]["accuracy"] for m in metrics.values()) > 0.85
     assert (workspace / "reports/figures/multiclass/cv_confusion_matrices.png").exists()
 
@@ -130,7 +134,10 @@ def test_train_multilabel_reports_f1(workspace):
 def test_evaluate_scores_every_model_on_the_test_set(workspace):
     metrics = read_json(workspace / "reports/metrics/test.json")
     assert set(metrics["binary"]) == {"sgd", "dummy", "forest"}
-    assert set(metrics["multiclass"]) == {"svc_ovo", "svc_ovr", "forest", "sgd"}
+    assert set(metrics["multiclass"]) == ALL_MODELS
+    denoised = metrics["multioutput"]["knn"]["test"]
+    assert denoised["mean_abs_error"] < denoised["mean_abs_error_noisy"]
+    assert (workspace / "reports/figures/test/multioutput_denoising.png").read_bytes()[:4] == b"\x89PNG"
     assert metrics["multilabel"]["knn"]["test"]["f1_macro"] > 0.8
     confusion = (workspace / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 121

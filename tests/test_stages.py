@@ -12,7 +12,7 @@ import train_binary
 import train_multiclass
 from conftest import ROOT
 from mnist_dvc import figures, metrics
-from mnist_dvc.schema import BinaryParams, MulticlassParams, SplitParams
+from mnist_dvc.schema import BinaryParams, MulticlassModels, MulticlassParams, SplitParams
 
 
 def test_canonical_split_keeps_the_order_and_the_boundary():
@@ -89,10 +89,23 @@ def test_every_multiclass_model_learns_the_digits(sample):
     params = MulticlassParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"])
     features = images.reshape(len(images), -1).astype(np.float32) / 255
     models = train_multiclass.build_models(params)
-    assert list(models) == ["svc_ovo", "svc_ovr", "forest", "sgd"]
+    assert list(models) == list(MulticlassModels.model_fields)
+    accuracy = {}
     for name, (model, _) in models.items():
-        accuracy = (model.fit(features[:500], labels[:500]).predict(features[500:]) == labels[500:]).mean()
-        assert accuracy > 0.75, name
+        accuracy[name] = (model.fit(features[:500], labels[:500]).predict(features[500:]) == labels[500:]).mean()
+        assert accuracy[name] > 0.75, name
+    assert max(accuracy, key=accuracy.get) == "svc_hog"  # the engineered features win even on 500 digits
+
+
+def test_shift_augmentation_wraps_any_model_that_asks_for_it():
+    from mnist_dvc.features import ShiftAugmented
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
+    for name in ("knn", "forest"):
+        raw["models"][name]["augment_shifts"] = True
+    models = train_multiclass.build_models(MulticlassParams.model_validate(raw))
+    wrapped = {name for name, (model, _) in models.items() if isinstance(model, ShiftAugmented)}
+    assert wrapped == {"knn", "forest"}
 
 
 def test_most_confused_pair_counts_both_directions():
@@ -101,8 +114,34 @@ def test_most_confused_pair_counts_both_directions():
     assert train_multiclass.most_confused_pair(matrix) == (1, 2)
 
 
-def test_the_best_model_is_the_first_listed_on_a_tie():
-    assert metrics.best_model({"svc_ovo": 0.95, "svc_ovr": 0.96, "forest": 0.96}) == "svc_ovr"
+def test_the_best_model_has_the_highest_accuracy_and_a_tie_goes_to_the_cheaper():
+    assert metrics.best_model({"svc_ovo": 0.95, "svc_ovr": 0.97, "forest": 0.96}) == "svc_ovr"
+    assert metrics.best_model({"svc_hog": 0.96, "svc_ovr": 0.96, "forest": 0.96}) == "forest"
+    assert metrics.best_model({"svc_ovr": 0.98, "svc_hog": 0.98, "sgd": 0.5}) == "svc_hog"
+    assert set(metrics.CHEAPEST_FIRST) == set(MulticlassModels.model_fields)
+
+
+def test_the_validation_split_is_stratified_seeded_and_disjoint(sample):
+    _, labels = sample
+    params = MulticlassParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"])
+    learn, choose = train_multiclass.validation_split(labels, params)
+    assert len(choose) == 60 and np.bincount(labels[choose]).tolist() == [6] * 10
+    assert sorted(np.concatenate([learn, choose]).tolist()) == list(range(len(labels)))
+    again = train_multiclass.validation_split(labels, params)
+    np.testing.assert_array_equal(again[1], choose)
+
+
+def test_noisy_pixels_follow_the_chapter_and_each_stream_differs():
+    from mnist_dvc import denoise
+
+    images = np.full((3, 28, 28), 200, np.uint8)
+    noisy = denoise.noisy_pixels(images, 100, seed=1, stream=denoise.TRAIN_STREAM)
+    on_pixel_scale = noisy * 255
+    assert noisy.shape == (3, 784) and noisy.dtype == np.float32
+    assert on_pixel_scale.min() >= 199.99 and on_pixel_scale.max() <= 299.01  # 200 + [0, 100)
+    np.testing.assert_array_equal(noisy, denoise.noisy_pixels(images, 100, seed=1, stream=denoise.TRAIN_STREAM))
+    assert not np.array_equal(noisy, denoise.noisy_pixels(images, 100, seed=1, stream=denoise.TEST_STREAM))
+    assert denoise.mean_absolute_error(images, on_pixel_scale) == pytest.approx(49.5, abs=3)
 
 
 def test_the_cv_threshold_is_applied_to_the_test_scores():

@@ -121,3 +121,16 @@ def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: s
         figure.colorbar(image, ax=axis, fraction=0.046)
     figure.suptitle(title)
     return figure
+
+
+def plot_denoising(noisy: np.ndarray, cleaned: np.ndarray, original: np.ndarray, title: str) -> Any:
+    """The chapter's multioutput example: rows of noisy inputs, what the model made of them, and the originals."""
+    rows = {"noisy": noisy, "cleaned": cleaned, "original": original}
+    figure, axes = new_figure(len(rows), 1, figsize=(len(original) * 0.7, len(rows) * 0.85 + 0.3))
+    for axis, (name, images) in zip(axes, rows.items(), strict=True):
+        axis.imshow(digit_grid(np.clip(images, 0, 255), len(images)), cmap="binary", interpolation="nearest")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_ylabel(name)
+    figure.suptitle(title)
+    return figure

@@ -13,6 +13,7 @@ RAW_DIR = ROOT / "data" / "raw"
 SPLIT_DIR = ROOT / "data" / "split"
 MODELS_DIR = ROOT / "data" / "models"
 THRESHOLD_FILE = MODELS_DIR / "binary" / "sgd_threshold.json"  # full precision, applied by evaluate
+SELECTED_FILE = MODELS_DIR / "multiclass" / "selected.json"  # the multiclass model chosen on the validation images
 REPORTS_DIR = ROOT / "reports"
 METRICS_DIR = REPORTS_DIR / "metrics"
 PLOTS_DIR = REPORTS_DIR / "plots"

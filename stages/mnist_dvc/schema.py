@@ -60,18 +60,56 @@ class BinaryParams(Params):
     forest: ForestParams
 
 
-class SVCParams(Params):
+class KNNParams(Params):
+    n_neighbors: int = Field(ge=1, le=1_000)
+    weights: Literal["uniform", "distance"]
+
+
+class Augmentable(Params):
+    """A multiclass model's option: train on its images plus copies shifted by one pixel each way (5x the data)."""
+
+    augment_shifts: bool = False
+
+
+class SVCParams(Augmentable):
     C: Positive
     gamma: Literal["scale", "auto"] | Positive
     pca_components: int | None = Field(default=None, ge=1, le=784)
     max_train_samples: SampleCount | None = None
 
 
+class HogSVCParams(SVCParams):
+    """Deskewing, histograms of oriented gradients beside the pixels, then PCA and the kernel SVC."""
+
+    deskew: bool
+    orientations: int = Field(ge=1, le=36)
+    pixels_per_cell: int = Field(ge=2, le=14)
+    cells_per_block: int = Field(ge=1, le=7)
+    keep_pixels: bool
+    standardize: bool
+    pca_components: int | None = Field(default=None, ge=1, le=10_000)
+    random_state: Seed  # of the randomized PCA
+
+
+class MulticlassForestParams(ForestParams, Augmentable):
+    pass
+
+
+class MulticlassSGDParams(ScaledSGDParams, Augmentable):
+    pass
+
+
+class MulticlassKNNParams(KNNParams, Augmentable):
+    pass
+
+
 class MulticlassModels(Params):
+    svc_hog: HogSVCParams | None = Field(default=None, description="HOG + pixels, PCA, SVC")
     svc_ovo: SVCParams | None = Field(default=None, description="SVC (one-vs-one)")
     svc_ovr: SVCParams | None = Field(default=None, description="one-vs-rest SVC")
-    forest: ForestParams | None = Field(default=None, description="random forest")
-    sgd: ScaledSGDParams | None = Field(default=None, description="SGD (one-vs-rest)")
+    knn: MulticlassKNNParams | None = Field(default=None, description="k-nearest neighbours")
+    forest: MulticlassForestParams | None = Field(default=None, description="random forest")
+    sgd: MulticlassSGDParams | None = Field(default=None, description="SGD (one-vs-rest)")
 
     @staticmethod
     def describe(name: str) -> str:
@@ -81,6 +119,8 @@ class MulticlassModels(Params):
 class MulticlassParams(Params):
     cv_folds: Folds
     cv_max_samples: SampleCount | None = None
+    validation_size: float = Field(gt=0, le=0.5, description="share of the training images that chooses the model")
+    validation_seed: Seed
     models: MulticlassModels
 
     @field_validator("models")
@@ -91,12 +131,17 @@ class MulticlassParams(Params):
         return models
 
 
-class KNNParams(Params):
+class DenoiseParams(Params):
+    """The chapter's multioutput example: a KNN that maps noisy images to clean ones."""
+
+    noise: int = Field(ge=1, le=255, description="each pixel gets an integer in [0, noise) added, on 0..255")
+    seed: Seed
     n_neighbors: int = Field(ge=1, le=1_000)
-    weights: Literal["uniform", "distance"]
+    max_train_samples: SampleCount | None = None
 
 
 class MultilabelParams(Params):
     cv_folds: Folds
     cv_max_samples: SampleCount | None = None
     knn: KNNParams
+    denoise: DenoiseParams
