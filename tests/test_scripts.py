@@ -277,7 +277,7 @@ def set_param(root: Path, value: object, *keys: str) -> None:
         (
             "train_multiclass",
             [(("multiclass", "models", "svc_ovo", "pca_components"), 700)],
-            "multiclass.models.svc_ovo.pca_components = 700, but a CV fold trains on 320 images",
+            "multiclass.models.svc_ovo.pca_components = 700, but a CV fold trains on 288 images",
         ),
         (
             "train_multiclass",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's random_state accept 0 .. 2**32 - 1
 
@@ -83,12 +83,18 @@ class HogSVCParams(SVCParams):
 
     deskew: bool
     orientations: int = Field(ge=1, le=36)
-    pixels_per_cell: int = Field(ge=2, le=14)
+    pixels_per_cell: int = Field(ge=2, le=9)
     cells_per_block: int = Field(ge=1, le=7)
     keep_pixels: bool
     standardize: bool
     pca_components: int | None = Field(default=None, ge=1, le=10_000)
     random_state: Seed  # of the randomized PCA
+
+    @model_validator(mode="after")
+    def block_fits_the_image(self) -> HogSVCParams:
+        if self.pixels_per_cell * self.cells_per_block > 28:
+            raise ValueError("pixels_per_cell x cells_per_block must be at most 28: a block must fit in the image")
+        return self
 
 
 class MulticlassForestParams(ForestParams, Augmentable):
