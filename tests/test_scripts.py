@@ -205,15 +205,12 @@ def without_class(root: Path, part: str, digit: int = 5) -> None:
         ),
         (swap_in_the_binary_sgd, "knn.skops: holds a SGDClassifier, expected a KNeighborsClassifier"),
         (
-            lambda root: edit_json(
-                root / "reports/metrics/multiclass_cv.json",
-                lambda data: data["multiclass"]["sgd"]["cv"].update(accuracy="high"),
-            ),
-            "multiclass_cv.json: 'multiclass.sgd.cv.accuracy' should be a number, got 'high'",
+            lambda root: (root / "data/models/multiclass/selected.json").write_text('{"best": "xgboost"}'),
+            "selected.json: 'best' should name one of svc_hog, svc_ovo, svc_ovr, knn, forest, sgd, got 'xgboost'",
         ),
         (
-            lambda root: (root / "reports/metrics/multiclass_cv.json").write_text('{"multiclass": {"sgd": {}}}'),
-            "multiclass_cv.json: missing key 'multiclass.sgd.cv'",
+            lambda root: (root / "reports/metrics/multiclass_cv.json").write_text('{"multiclass": ["sgd"]}'),
+            "multiclass_cv.json: expected CV results of the models",
         ),
         (
             lambda root: (root / "data/models/binary/sgd_threshold.json").write_text("{3.4"),
@@ -224,7 +221,7 @@ def without_class(root: Path, part: str, digit: int = 5) -> None:
             "binary.digit = 5: none of the 120 test images are '5'",
         ),
     ],
-    ids=["untrusted-type", "wrong-model-kind", "metric-not-a-number", "metric-missing", "threshold-damaged", "no-5s"],
+    ids=["untrusted-type", "wrong-model-kind", "unknown-choice", "metrics-not-a-mapping", "threshold-damaged", "no-5s"],
 )
 def test_bad_input_stops_evaluate_before_it_writes_anything(workspace, tmp_path, damage, expected):
     root = fresh_copy(workspace, tmp_path / "ws")
@@ -334,4 +331,7 @@ def test_class_names_other_than_digits_reach_every_report(tmp_path, sample):
     confusion = (root / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()
     assert {row.split(",")[0] for row in confusion[1:]} == set(FASHION)
     test = read_json(root / "reports/metrics/test.json")
-    assert set(test) == {"binary", "multiclass", "multilabel"} and test["binary"]["sgd"]["test"]["roc_auc"] > 0.8
+    assert (
+        set(test) == {"binary", "multiclass", "multilabel", "multioutput"}
+        and test["binary"]["sgd"]["test"]["roc_auc"] > 0.8
+    )
