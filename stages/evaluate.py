@@ -22,6 +22,7 @@ from mnist_dvc.files import json_number, json_value, read_json, write_csv, write
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
     binary_metrics,
+    check_both_classes,
     is_target,
     multilabel_f1,
     multilabel_targets,
@@ -96,17 +97,6 @@ def read_training_results() -> tuple[float | None, list[str], str]:
     return threshold, list(names), best
 
 
-def check_both_classes(target: np.ndarray, digit: int, class_name: str) -> None:
-    """Precision, recall and ROC AUC are undefined on a test set without both answers."""
-    positives = int(target.sum())
-    if positives in (0, len(target)):
-        some = "none" if positives == 0 else "all"
-        raise UserError(
-            f"params.yaml: binary.digit = {digit}: {some} of the {len(target)} test images are '{class_name}', "
-            "so the binary task cannot be scored: choose a class present in the test set alongside others"
-        )
-
-
 def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
     """Every model, each checked to be the kind its stage writes, before anything is written."""
     binary = {
@@ -155,7 +145,7 @@ def main() -> None:
     if digit >= len(class_names):
         raise UserError(f"params.yaml: binary.digit = {digit}, but the dataset has {len(class_names)} classes")
     target = is_target(labels, digit)
-    check_both_classes(target, digit, class_names[digit])
+    check_both_classes(target, digit, class_names[digit], "test")
     features = to_features(images)
     cv_threshold, multiclass_names, best = read_training_results()
     binary_models, multiclass_models, (knn, denoiser) = load_models(multiclass_names)

@@ -17,6 +17,7 @@ from mnist_dvc.files import write_json
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
     binary_metrics,
+    check_both_classes,
     decision_cutoff,
     is_target,
     rounded,
@@ -73,16 +74,6 @@ def evaluate_scores(
     return metrics
 
 
-def check_both_classes(target: np.ndarray, digit: int, class_name: str) -> None:
-    positives = int(target.sum())
-    if positives in (0, len(target)):
-        some = "none" if positives == 0 else "all"
-        raise UserError(
-            f"params.yaml: binary.digit = {digit}: {some} of the {len(target)} training images are '{class_name}', "
-            "so there is nothing to tell apart: choose a class present in the training set alongside others"
-        )
-
-
 def main() -> None:
     params = load_params("binary", BinaryParams)
     images, labels = load_split("train")
@@ -90,7 +81,7 @@ def main() -> None:
     check_at_most("binary.digit", params.digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
     class_name = class_names[params.digit]
     features, target = to_features(images, BINARY_FEATURES_DTYPE), is_target(labels, params.digit)
-    check_both_classes(target, params.digit, class_name)
+    check_both_classes(target, params.digit, class_name, "training")
     check_folds("binary.cv_folds", params.cv_folds, target)
     folds = StratifiedKFold(n_splits=params.cv_folds)
     log(f"'is it a {class_name}?': {target.sum()} of {len(target)} training images are positives")

@@ -15,6 +15,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from mnist_dvc.runner import UserError
+
 # The binary task's scores are reported as curves and a threshold: in float32, a dot product's last digits depend on
 # the CPU's BLAS kernel (measured: the threshold moved in its 7th digit under OPENBLAS_CORETYPE=Prescott), in float64
 # they stay far below the digits the reports keep.
@@ -25,6 +27,17 @@ MAX_CURVE_POINTS = 500  # plenty for a smooth line; keeps the committed CSVs sma
 def is_target(labels: np.ndarray, digit: int) -> np.ndarray:
     """The binary task's labels: True where the image shows `digit`."""
     return labels == digit
+
+
+def check_both_classes(target: np.ndarray, digit: int, class_name: str, part: str) -> None:
+    """The binary task needs both answers among the `part` ('training' or 'test') images to learn or be scored."""
+    positives = int(target.sum())
+    if positives in (0, len(target)):
+        some = "none" if positives == 0 else "all"
+        raise UserError(
+            f"params.yaml: binary.digit = {digit}: {some} of the {len(target)} {part} images are '{class_name}', "
+            f"so the binary task cannot be learned or scored: choose a class present in the {part} set among others"
+        )
 
 
 def multilabel_targets(labels: np.ndarray) -> np.ndarray:
