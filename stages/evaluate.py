@@ -40,8 +40,9 @@ from mnist_dvc.paths import (
     THRESHOLD_FILE,
     display_path,
 )
-from mnist_dvc.runner import UserError, log, run_stage
+from mnist_dvc.runner import UserError, log, n_jobs, run_stage
 from mnist_dvc.schema import ClassIndex, DenoiseParams, MulticlassModels
+from mnist_dvc.tasks import Task, run_tasks
 
 BINARY_MODELS = {"sgd": SGDClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
 MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
@@ -51,14 +52,27 @@ DENOISED_SHOWN = 10
 DENOISE_CHUNK = 250  # test images cleaned at once: about 400 MB
 
 
+def scores_and_predictions(model: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A binary model's scores for the positive class, and its yes/no answers."""
+    return positive_scores(model, features), model.predict(features)
+
+
+def clean_images(denoiser: Any, noisy: np.ndarray) -> np.ndarray:
+    """The denoiser's clean pixels (0..255), in chunks: for 784 outputs, scikit-learn's KNN predicts through class
+    probabilities of every output, about 1.6 MB per image (measured: 15 GB for 10,000 test images at once)."""
+    chunks = range(0, len(noisy), DENOISE_CHUNK)
+    return np.concatenate([denoiser.predict(noisy[start : start + DENOISE_CHUNK]) for start in chunks])
+
+
 def evaluate_binary(
-    models: dict[str, Any], features: np.ndarray, target: np.ndarray, cv_threshold: float | None
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]], target: np.ndarray, cv_threshold: float | None
 ) -> tuple[dict, dict]:
-    metrics: dict[str, Any] = {}
-    scores: dict[str, np.ndarray] = {}
-    for name, model in models.items():
-        scores[name] = positive_scores(model, features)
-        metrics[name] = {"test": binary_metrics(target, model.predict(features), scores[name])}
+    """Each binary model's test metrics from its (scores, answers); SGD's also at the threshold chosen in training."""
+    scores = {name: model_scores for name, (model_scores, _) in outputs.items()}
+    metrics = {
+        name: {"test": binary_metrics(target, answers, model_scores)}
+        for name, (model_scores, answers) in outputs.items()
+    }
     if cv_threshold is not None:
         # Does the threshold chosen on the training folds keep its precision on unseen images?
         chosen = scores["sgd"] >= cv_threshold
@@ -116,16 +130,13 @@ def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, 
     return binary, multiclass, (knn, denoiser)
 
 
-def evaluate_denoiser(denoiser: Any, images: np.ndarray, params: DenoiseParams, figure: Path) -> dict[str, Any]:
+def evaluate_denoiser(
+    images: np.ndarray, noisy: np.ndarray, cleaned: np.ndarray, params: DenoiseParams, figure: Path
+) -> dict[str, Any]:
     """Mean absolute pixel error (0..255) of the cleaned test images, beside that of the noisy input itself."""
-    noisy = noisy_pixels(images, params.noise, params.seed, TEST_STREAM)
-    # In chunks: for 784 outputs, scikit-learn's KNN predicts through class probabilities of every output, about
-    # 1.6 MB per image (measured: 15 GB for 10,000 test images at once).
-    chunks = range(0, len(noisy), DENOISE_CHUNK)
-    cleaned = np.concatenate([denoiser.predict(noisy[start : start + DENOISE_CHUNK]) for start in chunks])
     noisy_scale = noisy * 255  # back on the pixels' scale
     shown = [pixels[:DENOISED_SHOWN].reshape(-1, SIDE, SIDE) for pixels in (noisy_scale, cleaned, images)]
-    title = f"noise up to {params.noise} removed by KNN (k={denoiser.n_neighbors}), first test images"
+    title = f"noise up to {params.noise} removed by KNN (k={params.n_neighbors}), first test images"
     save_figure(figure, plot_denoising(*shown, title))
     return {
         "knn": {
@@ -151,15 +162,29 @@ def main() -> None:
     binary_models, multiclass_models, (knn, denoiser) = load_models(multiclass_names)
     figures = FIGURES_DIR / "test"
 
-    log("binary: scoring the test set")
+    noisy = noisy_pixels(images, denoise.noise, denoise.seed, TEST_STREAM)
     binary_features = to_features(images, BINARY_FEATURES_DTYPE)
-    binary, scores = evaluate_binary(binary_models, binary_features, target, cv_threshold)
+    # Every model's predictions as one task each, the longest first (benchmarks/run_full.py on Fashion-MNIST).
+    tasks: dict[str, Task] = {
+        "denoiser": (clean_images, (denoiser, noisy)),
+        "multilabel": (knn.predict, (features,)),
+        **{f"multiclass.{name}": (model.predict, (features,)) for name, model in multiclass_models.items()},
+        **{
+            f"binary.{name}": (scores_and_predictions, (model, binary_features))
+            for name, model in binary_models.items()
+        },
+    }
+    log(f"scoring the test set: {len(tasks)} models on {n_jobs()} workers")
+    outputs = dict(zip(tasks, run_tasks(list(tasks.values())), strict=True))
+
+    binary, scores = evaluate_binary({name: outputs[f"binary.{name}"] for name in binary_models}, target, cv_threshold)
     legends = {name: f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})" for name in ("sgd", "forest")}
     question = f"'is it a {class_names[digit]}?'"
-    write_binary_curves(target, scores, legends, "test", figures / "binary_", f"{question}, test set")
+    write_binary_curves(
+        {name: (target, scores[name]) for name in scores}, legends, "test", figures / "binary_", f"{question}, test set"
+    )
 
-    log("multiclass: scoring the test set")
-    predictions = {name: model.predict(features) for name, model in multiclass_models.items()}
+    predictions = {name: outputs[f"multiclass.{name}"] for name in multiclass_models}
     multiclass = {
         name: {
             "test": {
@@ -180,11 +205,8 @@ def main() -> None:
         figures / "multiclass_misclassified.png", plot_misclassified(images, labels, predictions[best], class_names)
     )
 
-    log("multilabel: scoring the test set")
-    multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), knn.predict(features))}}
-
-    log("multioutput: cleaning noisy test images")
-    multioutput = evaluate_denoiser(denoiser, images, denoise, figures / "multioutput_denoising.png")
+    multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), outputs["multilabel"])}}
+    multioutput = evaluate_denoiser(images, noisy, outputs["denoiser"], denoise, figures / "multioutput_denoising.png")
 
     results = {"binary": binary, "multiclass": multiclass, "multilabel": multilabel, "multioutput": multioutput}
     write_json(METRICS_DIR / "test.json", results)

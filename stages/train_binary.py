@@ -10,7 +10,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from mnist_dvc.arrays import load_class_names, load_split, to_features
+from mnist_dvc.arrays import first_n, load_class_names, load_split, to_features
 from mnist_dvc.curves import write_binary_curves
 from mnist_dvc.figures import plot_precision_recall_vs_threshold, save_figure
 from mnist_dvc.files import write_json
@@ -36,12 +36,12 @@ def build_models(params: BinaryParams) -> dict[str, Any]:
         "sgd": SGDClassifier(**params.sgd.model_dump()),
         "dummy": DummyClassifier(**params.dummy.model_dump()),
         # Out-of-bag probabilities give honest scores for the ROC curve from a single fit.
-        "forest": RandomForestClassifier(**params.forest.model_dump(), oob_score=True),
+        "forest": RandomForestClassifier(**params.forest.model_dump(exclude={"max_train_samples"}), oob_score=True),
     }
 
 
 def out_of_sample_scores(name: str, model: Any, features: np.ndarray, target: np.ndarray, folds: Any) -> np.ndarray:
-    """Scores for every training image from a model that did not see it (CV folds, or out-of-bag)."""
+    """Scores for every image in `features` from a model that did not see it (CV folds, or out-of-bag)."""
     if name == "forest":
         model.fit(features, target)
         return oob_scores(model)
@@ -62,6 +62,17 @@ def oob_scores(forest: RandomForestClassifier) -> np.ndarray:
             "without an out-of-bag score (each was drawn into every tree): use more trees (100 is the default)"
         )
     return votes[:, 1]
+
+
+def check_forest_subset(target: np.ndarray, max_train_samples: int | None, class_name: str) -> None:
+    """The forest's first N training images must hold both answers, or it has nothing to learn."""
+    positives = int(target.sum())
+    if max_train_samples is not None and positives in (0, len(target)):
+        raise UserError(
+            f"params.yaml: binary.forest.max_train_samples = {max_train_samples}: "
+            f"{'none' if positives == 0 else 'all'} of the first {len(target)} training images are '{class_name}', "
+            "and the forest needs both answers to learn: raise it (null = every training image)"
+        )
 
 
 def evaluate_scores(
@@ -87,18 +98,26 @@ def main() -> None:
     log(f"'is it a {class_name}?': {target.sum()} of {len(target)} training images are positives")
 
     metrics: dict[str, Any] = {}
-    scores: dict[str, np.ndarray] = {}
+    scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     reached: dict[str, tuple[float, float] | None] = {}
     models = build_models(params)
+    # The forest is the slow one at full size: it may learn from the first N images only (all on the sample).
+    subsets = {"forest": params.forest.max_train_samples}
+    check_forest_subset(target[: subsets["forest"]], params.forest.max_train_samples, class_name)
     for name, model in models.items():
-        log(f"{name}: out-of-sample scores ({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})")
+        model_features, model_target = first_n(subsets.get(name), features, target)
+        log(
+            f"{name}: out-of-sample scores of {len(model_target)} images "
+            f"({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})"
+        )
         with refused_by_estimator(f"binary.{name}"):
-            scores[name] = out_of_sample_scores(name, model, features, target, folds)
+            scores = out_of_sample_scores(name, model, model_features, model_target, folds)
             if name != "forest":
                 model.fit(features, target)
+        scored[name] = model_target, scores
         kind = "oob" if name == "forest" else "cv"
-        reached[name] = threshold_for_precision(target, scores[name], params.target_precision)
-        metrics[name] = {kind: evaluate_scores(target, scores[name], decision_cutoff(model), reached[name])}
+        reached[name] = threshold_for_precision(model_target, scores, params.target_precision)
+        metrics[name] = {kind: evaluate_scores(model_target, scores, decision_cutoff(model), reached[name])}
         log(f"{name}: {metrics[name][kind]}")
 
     # Outputs only once every model is fitted: a refused param leaves nothing behind.
@@ -115,9 +134,7 @@ def main() -> None:
         for (name, legend), kind in zip(legends.items(), ("cv", "oob"), strict=True)
     }
     figures = FIGURES_DIR / "binary"
-    curve = write_binary_curves(
-        target, scores, legends, "cv", figures / "cv_", f"{question}, cross-validated / out-of-bag"
-    )
+    curve = write_binary_curves(scored, legends, "cv", figures / "cv_", f"{question}, cross-validated / out-of-bag")
     chosen = metrics["sgd"]["cv"]["threshold_at_target_precision"]
     save_figure(
         figures / "cv_precision_recall_vs_threshold.png",

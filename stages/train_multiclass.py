@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import accuracy_score, confusion_matrix
-from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
@@ -24,8 +26,9 @@ from mnist_dvc.metrics import best_model, rounded
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, SELECTED_FILE
-from mnist_dvc.runner import UserError, log, refused_by_estimator, run_stage
+from mnist_dvc.runner import UserError, log, n_jobs, refused_by_estimator, run_stage
 from mnist_dvc.schema import HogSVCParams, MulticlassModels, MulticlassParams, MulticlassSGDParams, SVCParams
+from mnist_dvc.tasks import Task, run_tasks
 
 
 def pca(components: int | None, seed: int | None = None) -> list[tuple[str, Any]]:
@@ -72,7 +75,7 @@ def build_model(name: str, params: Any) -> Any:
         "svc_ovo": lambda: svc_pipeline(params, one_vs_rest=False),
         "svc_ovr": lambda: svc_pipeline(params, one_vs_rest=True),
         "knn": lambda: KNeighborsClassifier(**params.model_dump(exclude={"augment_shifts"})),
-        "forest": lambda: RandomForestClassifier(**params.model_dump(exclude={"augment_shifts"})),
+        "forest": lambda: RandomForestClassifier(**params.model_dump(exclude={"augment_shifts", "max_train_samples"})),
         "sgd": lambda: sgd_pipeline(params),
     }
     model = builders[name]()
@@ -154,6 +157,55 @@ def plot_confused_pair(
     return plot_digit_grid(tiles, title)
 
 
+def fit_and_predict(name: str, model: Any, fit_on: tuple[np.ndarray, np.ndarray], images: np.ndarray) -> tuple:
+    """One task: a clone of `model` fitted on `fit_on`, and its predictions for `images`."""
+    started = time.perf_counter()
+    with refused_by_estimator(f"multiclass.models.{name}"):
+        fitted = clone(model).fit(*fit_on)
+        predicted = fitted.predict(images)
+    log(f"{name}: fitted on {len(fit_on[1])} images, predicted {len(images)} ({time.perf_counter() - started:.0f} s)")
+    return fitted, predicted
+
+
+def fit_everything(
+    models: dict[str, tuple[Any, int | None]],
+    fit_on: tuple[np.ndarray, np.ndarray],
+    validation_images: np.ndarray,
+    cv: tuple[np.ndarray, np.ndarray, StratifiedKFold],
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every model's final fit with its validation predictions, and its cross-validated predictions.
+
+    The final fits and the CV folds of all models are independent tasks for the workers, the final fits first: they
+    are the longest. The CV predictions are assembled fold by fold, as `cross_val_predict` does.
+    """
+    cv_features, cv_labels, folds = cv
+    fold_sets = [
+        ((cv_features[train], cv_labels[train]), cv_features[test], test)
+        for train, test in folds.split(cv_features, cv_labels)
+    ]
+    finals: list[Task] = [
+        (fit_and_predict, (name, model, first_n(fit_size, *fit_on), validation_images))
+        for name, (model, fit_size) in models.items()
+    ]
+    fold_tasks: list[Task] = [
+        (fit_and_predict, (name, model, train, test_images))
+        for name, (model, _) in models.items()
+        for train, test_images, _ in fold_sets
+    ]
+    log(f"{len(finals)} final fits and {len(fold_tasks)} CV folds on {n_jobs()} workers")
+    results = run_tasks(finals + fold_tasks)
+    final_results, fold_results = results[: len(finals)], iter(results[len(finals) :])
+    fitted = {name: model for name, (model, _) in zip(models, final_results, strict=True)}
+    validation = {name: predicted for name, (_, predicted) in zip(models, final_results, strict=True)}
+    cv_predictions = {}
+    for name in models:
+        predicted = np.empty_like(cv_labels)
+        for _, _, test in fold_sets:
+            predicted[test] = next(fold_results)[1]
+        cv_predictions[name] = predicted
+    return fitted, validation, cv_predictions
+
+
 def main() -> None:
     params = load_params("multiclass", MulticlassParams)
     images, labels = load_split("train")
@@ -166,29 +218,23 @@ def main() -> None:
     folds = StratifiedKFold(n_splits=params.cv_folds)
     log(f"{len(fit_labels)} training images to learn from, {len(choose)} to choose the best model")
 
-    metrics: dict[str, Any] = {}
-    cv_predictions: dict[str, np.ndarray] = {}
     models = build_models(params)
-    for name, (model, fit_size) in models.items():
-        log(f"{name}: {params.cv_folds}-fold CV on {len(cv_labels)} images")
-        with refused_by_estimator(f"multiclass.models.{name}"):
-            cv_predictions[name] = cross_val_predict(model, cv_features, cv_labels, cv=folds)
-            model_features, model_labels = first_n(fit_size, fit_features, fit_labels)
-            log(
-                f"{name}: CV accuracy {accuracy_score(cv_labels, cv_predictions[name]):.4f}; "
-                f"fitting on {len(model_labels)} images"
-            )
-            model.fit(model_features, model_labels)
-            validation = model.predict(features[choose])
-        metrics[name] = {
+    fitted, validation, cv_predictions = fit_everything(
+        models, (fit_features, fit_labels), features[choose], (cv_features, cv_labels, folds)
+    )
+    metrics = {
+        name: {
             "cv": {"accuracy": rounded(accuracy_score(cv_labels, cv_predictions[name]))},
-            "validation": {"accuracy": rounded(accuracy_score(labels[choose], validation))},
+            "validation": {"accuracy": rounded(accuracy_score(labels[choose], validation[name]))},
         }
-        log(f"{name}: validation accuracy {metrics[name]['validation']['accuracy']:.4f}")
+        for name in models
+    }
+    for name, scores in metrics.items():
+        log(f"{name}: CV accuracy {scores['cv']['accuracy']:.4f}, validation {scores['validation']['accuracy']:.4f}")
     best = best_model({name: metrics[name]["validation"]["accuracy"] for name in metrics})
 
     # Outputs only once every model is fitted: a refused param leaves nothing behind.
-    for name, (model, _) in models.items():
+    for name, model in fitted.items():
         save_model(MODELS_DIR / "multiclass" / f"{name}.skops", model)
     write_json(SELECTED_FILE, {"best": best})
     write_json(METRICS_DIR / "multiclass_cv.json", {"multiclass": metrics})

@@ -155,7 +155,8 @@ def test_the_cv_threshold_is_applied_to_the_test_scores():
     model = SGDClassifier(random_state=0).fit(features, target)
     scores = model.decision_function(features)
     threshold = float(np.quantile(scores, 0.8))
-    results, _ = evaluate.evaluate_binary({"sgd": model}, features, target, threshold)
+    outputs = {"sgd": evaluate.scores_and_predictions(model, features)}
+    results, _ = evaluate.evaluate_binary(outputs, target, threshold)
     chosen = scores >= threshold
     test = results["sgd"]["test"]
     assert test["precision_at_cv_threshold"] == round(float(target[chosen].mean()), 6)

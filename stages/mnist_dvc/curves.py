@@ -20,8 +20,7 @@ from mnist_dvc.paths import PLOTS_DIR
 
 
 def write_binary_curves(
-    truth: np.ndarray,
-    scores: dict[str, np.ndarray],
+    scored: dict[str, tuple[np.ndarray, np.ndarray]],
     legends: dict[str, str],
     part: str,
     figure_stem: Path,
@@ -29,13 +28,15 @@ def write_binary_curves(
 ) -> dict[str, np.ndarray]:
     """SGD's precision-recall curve and the ROC curves of `legends`' models: data for `dvc plots`, and PNGs.
 
-    Data files are named after `part` ('cv' or 'test'), figures start with `figure_stem`; returns SGD's curve.
+    `scored` maps each model to the truth and the scores of the images it scored (a model fitted on fewer training
+    images scores fewer). Data files are named after `part` ('cv' or 'test'), figures start with `figure_stem`;
+    returns SGD's curve.
     """
-    curve = precision_recall_columns(truth, scores["sgd"])
+    curve = precision_recall_columns(*scored["sgd"])
     write_csv(PLOTS_DIR / f"binary_{part}_pr_sgd.csv", curve)
     rocs = {}
     for name, legend in legends.items():
-        roc = roc_columns(truth, scores[name])
+        roc = roc_columns(*scored[name])
         write_csv(PLOTS_DIR / f"binary_{part}_roc_{name}.csv", roc)
         rocs[legend] = (roc["fpr"], roc["tpr"])
     pr_figure = plot_curves("precision_recall", {"SGD": (curve["recall"], curve["precision"])}, f"SGD {title}")

@@ -44,6 +44,7 @@ class ForestParams(Params):
     n_estimators: int = Field(ge=1, le=5_000)
     max_depth: int | None = Field(default=None, ge=1, le=1_000)
     random_state: Seed
+    max_train_samples: SampleCount | None = None  # learns from the first N training images (None = all)
 
 
 class DummyParams(Params):
