@@ -9,7 +9,8 @@ import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import SGDClassifier
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 
@@ -18,33 +19,53 @@ from mnist_dvc.curves import write_binary_curves
 from mnist_dvc.denoise import TEST_STREAM, mean_absolute_error, noisy_pixels
 from mnist_dvc.features import ShiftAugmented
 from mnist_dvc.figures import new_figure, plot_confusion_matrices, plot_denoising, save_figure
-from mnist_dvc.files import json_number, json_value, read_json, write_csv, write_json
+from mnist_dvc.files import json_number, json_value, read_json, write_bytes, write_csv, write_json
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
+    MULTILABEL_NAMES,
     binary_metrics,
     check_both_classes,
     is_target,
     multilabel_f1,
     multilabel_targets,
     positive_scores,
+    proportion_with_interval,
     rounded,
+    threshold_for_precision,
 )
 from mnist_dvc.models import load_model
 from mnist_dvc.params import load_params
 from mnist_dvc.paths import (
+    DATA_OVERVIEW_FILE,
     FIGURES_DIR,
     METRICS_DIR,
     MODELS_DIR,
     PLOTS_DIR,
+    PREDICTIONS_DIR,
+    REPORT_FILE,
     SELECTED_FILE,
-    THRESHOLD_FILE,
+    THRESHOLDED_SGD,
     display_path,
 )
+from mnist_dvc.report import (
+    BINARY_NAMES,
+    binary_section,
+    data_section,
+    multiclass_section,
+    multilabel_section,
+    per_class_metrics,
+    render_report,
+)
 from mnist_dvc.runner import UserError, log, n_jobs, run_stage
-from mnist_dvc.schema import ClassIndex, DenoiseParams, MulticlassModels
+from mnist_dvc.schema import BinaryParams, DenoiseParams, MulticlassModels, MulticlassParams, MultilabelParams
 from mnist_dvc.tasks import Task, run_tasks
 
-BINARY_MODELS = {"sgd": SGDClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
+BINARY_MODELS = {
+    "sgd": SGDClassifier,
+    "dummy": DummyClassifier,
+    "forest": RandomForestClassifier,
+    THRESHOLDED_SGD: FixedThresholdClassifier,
+}
 MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
 N_PIXELS = SIDE * SIDE
 MISCLASSIFIED_SHOWN = 40
@@ -65,20 +86,33 @@ def clean_images(denoiser: Any, noisy: np.ndarray) -> np.ndarray:
 
 
 def evaluate_binary(
-    outputs: dict[str, tuple[np.ndarray, np.ndarray]], target: np.ndarray, cv_threshold: float | None
-) -> tuple[dict, dict]:
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]], target: np.ndarray, target_precision: float
+) -> dict[str, Any]:
     """Each binary model's test metrics from its (scores, answers); SGD's also at the threshold chosen in training."""
-    scores = {name: model_scores for name, (model_scores, _) in outputs.items()}
     metrics = {
-        name: {"test": binary_metrics(target, answers, model_scores)}
-        for name, (model_scores, answers) in outputs.items()
+        name: {"test": binary_metrics(target, answers, scores)}
+        for name, (scores, answers) in outputs.items()
+        if name != THRESHOLDED_SGD
     }
-    if cv_threshold is not None:
-        # Does the threshold chosen on the training folds keep its precision on unseen images?
-        chosen = scores["sgd"] >= cv_threshold
-        metrics["sgd"]["test"]["precision_at_cv_threshold"] = rounded(precision_score(target, chosen, zero_division=0))
-        metrics["sgd"]["test"]["recall_at_cv_threshold"] = rounded(recall_score(target, chosen, zero_division=0))
-    return metrics, scores
+    metrics["sgd"]["test"].update(threshold_results(target, *outputs[THRESHOLDED_SGD], target_precision))
+    return metrics
+
+
+def threshold_results(
+    target: np.ndarray, scores: np.ndarray, answers: np.ndarray, target_precision: float
+) -> dict[str, float | None]:
+    """Does the threshold chosen on held-out training images keep its precision on the test set? With 95% intervals,
+    beside the test set's own best point: the lowest threshold of the same scores that reaches the target."""
+    results: dict[str, float | None] = {}
+    hits = int(np.count_nonzero(answers & target))
+    for name, trials in (("precision", int(answers.sum())), ("recall", int(target.sum()))):
+        value, low, high = proportion_with_interval(hits, trials)
+        results |= {f"{name}_at_cv_threshold": value, f"{name}_at_cv_threshold_low": low}
+        results[f"{name}_at_cv_threshold_high"] = high
+    own = threshold_for_precision(target, scores, target_precision)
+    results["threshold_at_target_precision"] = None if own is None else rounded(own[0])
+    results["recall_at_target_precision"] = None if own is None else rounded(own[1])
+    return results
 
 
 def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> Any:
@@ -95,20 +129,30 @@ def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndar
     return figure
 
 
-def read_training_results() -> tuple[float | None, list[str], str]:
-    """SGD's threshold chosen on the training folds, the multiclass models trained, and the one chosen."""
-    threshold = json_number(THRESHOLD_FILE, read_json(THRESHOLD_FILE), "threshold", nullable=True)
+def read_training_results() -> tuple[dict[str, Any], list[str], tuple[str, int]]:
+    """The training stages' metrics (for the report), the multiclass models trained, the one chosen and how many
+    validation images chose it."""
+    training = {
+        task: json_value(path, read_json(path), task)
+        for task, path in (
+            ("binary", METRICS_DIR / "binary_cv.json"),
+            ("multiclass", METRICS_DIR / "multiclass_cv.json"),
+            ("multilabel", METRICS_DIR / "multilabel_cv.json"),
+        )
+    }
     path = METRICS_DIR / "multiclass_cv.json"
-    names = json_value(path, read_json(path), "multiclass")
+    names = training["multiclass"]
     unknown = set(names) - set(MulticlassModels.model_fields) if isinstance(names, dict) else {"(not a mapping)"}
     if not names or unknown:
         raise UserError(
             f"{display_path(path)}: expected CV results of the models {', '.join(MulticlassModels.model_fields)}"
         )
-    best = json_value(SELECTED_FILE, read_json(SELECTED_FILE), "best")
+    selected = read_json(SELECTED_FILE)
+    best = json_value(SELECTED_FILE, selected, "best")
     if best not in names:
         raise UserError(f"{display_path(SELECTED_FILE)}: 'best' should name one of {', '.join(names)}, got {best!r}")
-    return threshold, list(names), best
+    n_validation = json_number(SELECTED_FILE, selected, "validation_images")
+    return training, list(names), (best, int(n_validation))
 
 
 def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
@@ -148,9 +192,33 @@ def evaluate_denoiser(
     }
 
 
+def write_predictions(
+    target: np.ndarray,
+    labels: np.ndarray,
+    binary: dict[str, tuple[np.ndarray, np.ndarray]],
+    multiclass: dict[str, np.ndarray],
+    multilabel: np.ndarray,
+) -> None:
+    """Every model's answer for every test image, small and committed, so that two revisions can be compared image
+    by image (tools/compare.py). Binary scores at 6 significant digits: enough for a ROC AUC, stable across CPUs."""
+    binary_columns: dict[str, np.ndarray] = {"truth": target.astype(np.int8)}
+    for name, (scores, answers) in binary.items():
+        binary_columns |= {name: answers.astype(np.int8), f"{name}_score": scores}
+    write_csv(PREDICTIONS_DIR / "binary.csv", binary_columns, digits=6)
+    write_csv(PREDICTIONS_DIR / "multiclass.csv", {"truth": labels, **multiclass})
+    truth = multilabel_targets(labels)
+    columns = {f"truth_{label}": truth[:, i] for i, label in enumerate(MULTILABEL_NAMES)}
+    columns |= {f"knn_{label}": multilabel[:, i] for i, label in enumerate(MULTILABEL_NAMES)}
+    write_csv(PREDICTIONS_DIR / "multilabel.csv", {name: column.astype(np.int8) for name, column in columns.items()})
+
+
 def main() -> None:
-    digit = load_params("binary.digit", ClassIndex)
-    denoise = load_params("multilabel.denoise", DenoiseParams)
+    params = {
+        "binary": load_params("binary", BinaryParams),
+        "multiclass": load_params("multiclass", MulticlassParams),
+        "multilabel": load_params("multilabel", MultilabelParams),
+    }
+    digit, denoise = params["binary"].digit, params["multilabel"].denoise
     images, labels = load_split("test")
     class_names = load_class_names()
     if digit >= len(class_names):
@@ -158,7 +226,7 @@ def main() -> None:
     target = is_target(labels, digit)
     check_both_classes(target, digit, class_names[digit], "test")
     features = to_features(images)
-    cv_threshold, multiclass_names, best = read_training_results()
+    training, multiclass_names, (best, n_validation) = read_training_results()
     binary_models, multiclass_models, (knn, denoiser) = load_models(multiclass_names)
     figures = FIGURES_DIR / "test"
 
@@ -176,15 +244,21 @@ def main() -> None:
     }
     log(f"scoring the test set: {len(tasks)} models on {n_jobs()} workers")
     outputs = dict(zip(tasks, run_tasks(list(tasks.values())), strict=True))
+    binary_outputs = {name: outputs[f"binary.{name}"] for name in binary_models}
+    predictions = {name: outputs[f"multiclass.{name}"] for name in multiclass_models}
+    write_predictions(target, labels, binary_outputs, predictions, outputs["multilabel"])
 
-    binary, scores = evaluate_binary({name: outputs[f"binary.{name}"] for name in binary_models}, target, cv_threshold)
+    binary = evaluate_binary(binary_outputs, target, params["binary"].target_precision)
     legends = {name: f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})" for name in ("sgd", "forest")}
     question = f"'is it a {class_names[digit]}?'"
     write_binary_curves(
-        {name: (target, scores[name]) for name in scores}, legends, "test", figures / "binary_", f"{question}, test set"
+        {name: (target, binary_outputs[name][0]) for name in legends},
+        legends,
+        "test",
+        figures / "binary_",
+        f"{question}, test set",
     )
 
-    predictions = {name: outputs[f"multiclass.{name}"] for name in multiclass_models}
     multiclass = {
         name: {
             "test": {
@@ -210,6 +284,21 @@ def main() -> None:
 
     results = {"binary": binary, "multiclass": multiclass, "multilabel": multilabel, "multioutput": multioutput}
     write_json(METRICS_DIR / "test.json", results)
+
+    per_class = per_class_metrics(labels, {best: predictions[best]}, class_names)
+    write_csv(
+        PLOTS_DIR / "multiclass_test_per_class.csv",
+        {"class": np.array(class_names), **{metric: frame[best].to_numpy() for metric, frame in per_class.items()}},
+    )
+    answers = {name: binary_outputs[name][1] for name in BINARY_NAMES}
+    sections = [
+        data_section(read_json(DATA_OVERVIEW_FILE), class_names, n_validation),
+        binary_section(training["binary"], binary, question, target, answers),
+        multiclass_section(training["multiclass"], multiclass, best, labels, predictions, class_names),
+        multilabel_section(training["multilabel"], multilabel, multioutput["knn"]["test"]),
+    ]
+    report = render_report(sections, {key: section.model_dump() for key, section in params.items()})
+    write_bytes(REPORT_FILE, report.encode())
     log(f"best multiclass model: {best}, test accuracy {multiclass[best]['test']['accuracy']:.4f}")
 
 

@@ -11,7 +11,7 @@ from mnist_dvc.arrays import load_dataset_info, load_labelled_images, save_array
 from mnist_dvc.figures import new_figure, plot_digit_grid, save_figure
 from mnist_dvc.files import write_json
 from mnist_dvc.params import load_params
-from mnist_dvc.paths import FIGURES_DIR, RAW_DIR, REPORTS_DIR, SPLIT_DIR, display_path
+from mnist_dvc.paths import DATA_OVERVIEW_FILE, FIGURES_DIR, RAW_DIR, SPLIT_DIR, display_path
 from mnist_dvc.runner import UserError, log, run_stage
 from mnist_dvc.schema import SplitParams
 
@@ -90,7 +90,7 @@ def main() -> None:
 
     train_counts, test_counts = class_counts(train_labels, class_names), class_counts(test_labels, class_names)
     write_json(
-        REPORTS_DIR / "data_overview.json",
+        DATA_OVERVIEW_FILE,
         {"dataset": info.name, "class_counts": {"train": train_counts, "test": test_counts}},
     )
     save_figure(OVERVIEW_FIGURES / "first_image.png", plot_one_digit(train_images[0], class_names[train_labels[0]]))

@@ -236,7 +236,7 @@ def main() -> None:
     # Outputs only once every model is fitted: a refused param leaves nothing behind.
     for name, model in fitted.items():
         save_model(MODELS_DIR / "multiclass" / f"{name}.skops", model)
-    write_json(SELECTED_FILE, {"best": best})
+    write_json(SELECTED_FILE, {"best": best, "validation_images": len(choose)})
     write_json(METRICS_DIR / "multiclass_cv.json", {"multiclass": metrics})
     log(f"best by validation accuracy: {best}")
 

@@ -108,10 +108,15 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
         "dummy.skops",
         "forest.skops",
         "sgd.skops",
-        "sgd_threshold.json",
+        "sgd_at_target_precision.skops",
     ]
-    threshold = read_json(workspace / "data/models/binary/sgd_threshold.json")["threshold"]
-    assert round(threshold, 6) == metrics["sgd"]["cv"]["threshold_at_target_precision"]
+    # The deployed SGD carries the threshold chosen on its own scores of the held-out training images.
+    from mnist_dvc.models import read_model
+
+    deployed = read_model(workspace / "data/models/binary/sgd_at_target_precision.skops")
+    choice = metrics["sgd"]["threshold_choice"]
+    assert round(deployed.threshold, 6) == choice["threshold"] and choice["held_out_images"] == 120
+    assert 0 < choice["recall"] <= 1
     header = (workspace / "reports/plots/binary_cv_pr_sgd.csv").read_text().splitlines()[0]
     assert header == "threshold,precision,recall"
 
@@ -213,15 +218,22 @@ def without_class(root: Path, part: str, digit: int = 5) -> None:
             "multiclass_cv.json: expected CV results of the models",
         ),
         (
-            lambda root: (root / "data/models/binary/sgd_threshold.json").write_text("{3.4"),
-            "data/models/binary/sgd_threshold.json: not valid JSON",
+            lambda root: (root / "data/models/multiclass/selected.json").write_text('{"best": "svc_hog"}'),
+            "data/models/multiclass/selected.json: missing key 'validation_images'",
         ),
         (
             lambda root: without_class(root, "test"),
             "binary.digit = 5: none of the 120 test images are '5'",
         ),
     ],
-    ids=["untrusted-type", "wrong-model-kind", "unknown-choice", "metrics-not-a-mapping", "threshold-damaged", "no-5s"],
+    ids=[
+        "untrusted-type",
+        "wrong-model-kind",
+        "unknown-choice",
+        "metrics-not-a-mapping",
+        "selection-incomplete",
+        "no-5s",
+    ],
 )
 def test_bad_input_stops_evaluate_before_it_writes_anything(workspace, tmp_path, damage, expected):
     root = fresh_copy(workspace, tmp_path / "ws")

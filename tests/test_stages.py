@@ -144,21 +144,30 @@ def test_noisy_pixels_follow_the_chapter_and_each_stream_differs():
     assert denoise.mean_absolute_error(images, on_pixel_scale) == pytest.approx(49.5, abs=3)
 
 
-def test_the_cv_threshold_is_applied_to_the_test_scores():
+def test_the_threshold_carried_by_the_deployed_sgd_is_applied_to_the_test_scores():
+    from sklearn.frozen import FrozenEstimator
     from sklearn.linear_model import SGDClassifier
+    from sklearn.model_selection import FixedThresholdClassifier
 
     import evaluate
 
     rng = np.random.default_rng(0)
     features = rng.random((200, 4))
     target = features[:, 0] + 0.3 * rng.random(200) > 0.7
-    model = SGDClassifier(random_state=0).fit(features, target)
-    scores = model.decision_function(features)
+    sgd = SGDClassifier(random_state=0).fit(features, target)
+    scores = sgd.decision_function(features)
     threshold = float(np.quantile(scores, 0.8))
-    outputs = {"sgd": evaluate.scores_and_predictions(model, features)}
-    results, _ = evaluate.evaluate_binary(outputs, target, threshold)
+    deployed = FixedThresholdClassifier(FrozenEstimator(sgd), threshold=threshold, response_method="decision_function")
+    deployed.fit(features, target)
+    outputs = {name: evaluate.scores_and_predictions(model, features) for name, model in [("sgd", sgd)]}
+    outputs["sgd_at_target_precision"] = evaluate.scores_and_predictions(deployed, features)
+    test = evaluate.evaluate_binary(outputs, target, 0.9)["sgd"]["test"]
     chosen = scores >= threshold
-    test = results["sgd"]["test"]
     assert test["precision_at_cv_threshold"] == round(float(target[chosen].mean()), 6)
     assert test["recall_at_cv_threshold"] == round(float(chosen[target].mean()), 6)
-    assert test["precision_at_cv_threshold"] != test["precision"]
+    assert test["precision_at_cv_threshold"] != test["precision"]  # the model's own cutoff is 0, not the threshold
+    for name in ("precision_at_cv_threshold", "recall_at_cv_threshold"):
+        assert test[f"{name}_low"] < test[name] <= test[f"{name}_high"] <= 1
+    # The test set's own best point: the lowest threshold of the same scores reaching precision 0.9.
+    reached = [t for t in np.sort(scores) if target[scores >= t].mean() >= 0.9]
+    assert test["threshold_at_target_precision"] == round(float(reached[0]), 6)

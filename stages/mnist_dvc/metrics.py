@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
@@ -38,6 +39,9 @@ def check_both_classes(target: np.ndarray, digit: int, class_name: str, part: st
             f"params.yaml: binary.digit = {digit}: {some} of the {len(target)} {part} images are '{class_name}', "
             f"so the binary task cannot be learned or scored: choose a class present in the {part} set among others"
         )
+
+
+MULTILABEL_NAMES = ("large", "odd")  # the multilabel task's labels, in column order
 
 
 def multilabel_targets(labels: np.ndarray) -> np.ndarray:
@@ -84,6 +88,18 @@ def binary_metrics(truth: np.ndarray, predicted: np.ndarray, scores: np.ndarray)
     }
 
 
+def proportion_with_interval(successes: int, trials: int) -> tuple[float | None, float | None, float | None]:
+    """A proportion (accuracy, precision, recall) with its 95% Wilson score interval; None for no trials.
+
+    Wilson's interval rather than the normal approximation: it stays inside [0, 1] and holds near 0 and 1, where
+    these metrics live.
+    """
+    if trials == 0:
+        return None, None, None
+    interval = binomtest(successes, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    return rounded(successes / trials), rounded(interval.low), rounded(interval.high)
+
+
 def threshold_for_precision(truth: np.ndarray, scores: np.ndarray, target: float) -> tuple[float, float] | None:
     """The lowest threshold whose precision reaches `target`, and the recall it leaves (None if unreachable)."""
     precision, recall, thresholds = precision_recall_curve(truth, scores)
@@ -115,7 +131,6 @@ def multilabel_f1(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     return {
         "f1_macro": rounded(f1_score(truth, predicted, average="macro")),
         "f1_weighted": rounded(f1_score(truth, predicted, average="weighted")),
-        "f1_large": rounded(per_label[0]),
-        "f1_odd": rounded(per_label[1]),
+        **{f"f1_{label}": rounded(score) for label, score in zip(MULTILABEL_NAMES, per_label, strict=True)},
         "exact_match": rounded(accuracy_score(truth, predicted)),
     }

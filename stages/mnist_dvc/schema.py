@@ -17,6 +17,7 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ClassIndex = Annotated[int, Field(ge=0, le=9, description="a class index: the digit, or the Fashion-MNIST item")]
 Folds = Annotated[int, Field(ge=2, le=100)]
+Probability = Annotated[float, Field(gt=0, le=1)]
 SampleCount = Annotated[int, Field(ge=10, le=1_000_000)]
 
 
@@ -55,7 +56,9 @@ class DummyParams(Params):
 class BinaryParams(Params):
     digit: ClassIndex
     cv_folds: Folds
-    target_precision: float = Field(gt=0, le=1)
+    target_precision: Probability
+    threshold_holdout: float = Field(gt=0, le=0.5, description="share of the training images that choose the threshold")
+    threshold_seed: Seed
     sgd: SGDParams
     dummy: DummyParams
     forest: ForestParams
