@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.neighbors import KNeighborsClassifier
@@ -25,6 +24,7 @@ from mnist_dvc.metrics import (
     MULTILABEL_NAMES,
     binary_metrics,
     check_both_classes,
+    decision_cutoff,
     is_target,
     multilabel_f1,
     multilabel_targets,
@@ -44,7 +44,6 @@ from mnist_dvc.paths import (
     PREDICTIONS_DIR,
     REPORT_FILE,
     SELECTED_FILE,
-    THRESHOLDED_SGD,
     display_path,
 )
 from mnist_dvc.report import (
@@ -60,12 +59,9 @@ from mnist_dvc.runner import UserError, log, n_jobs, run_stage
 from mnist_dvc.schema import BinaryParams, DenoiseParams, MulticlassModels, MulticlassParams, MultilabelParams
 from mnist_dvc.tasks import Task, run_tasks
 
-BINARY_MODELS = {
-    "sgd": SGDClassifier,
-    "dummy": DummyClassifier,
-    "forest": RandomForestClassifier,
-    THRESHOLDED_SGD: FixedThresholdClassifier,
-}
+# The deployed SGD carries the threshold chosen in training (train_binary.thresholded_sgd).
+BINARY_MODELS = {"sgd": FixedThresholdClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
+THRESHOLDED_SGD = "sgd_at_target_precision"  # its answers' column in the predictions file
 MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
 N_PIXELS = SIDE * SIDE
 MISCLASSIFIED_SHOWN = 40
@@ -73,9 +69,11 @@ DENOISED_SHOWN = 10
 DENOISE_CHUNK = 250  # test images cleaned at once: about 400 MB
 
 
-def scores_and_predictions(model: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A binary model's scores for the positive class, and its yes/no answers."""
-    return positive_scores(model, features), model.predict(features)
+def binary_outputs(model: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A binary model's scores for 'yes', its answers at its own cutoff (0 for a decision function, 0.5 for a
+    probability, as in cross-validation), and its `predict`: the same, but SGD's applies its chosen threshold."""
+    scores = positive_scores(model, features)
+    return scores, scores > decision_cutoff(model), model.predict(features)
 
 
 def clean_images(denoiser: Any, noisy: np.ndarray) -> np.ndarray:
@@ -86,15 +84,14 @@ def clean_images(denoiser: Any, noisy: np.ndarray) -> np.ndarray:
 
 
 def evaluate_binary(
-    outputs: dict[str, tuple[np.ndarray, np.ndarray]], target: np.ndarray, target_precision: float
+    outputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: np.ndarray, target_precision: float
 ) -> dict[str, Any]:
-    """Each binary model's test metrics from its (scores, answers); SGD's also at the threshold chosen in training."""
+    """Each binary model's test metrics at its own cutoff; SGD's also at the threshold chosen in training."""
     metrics = {
-        name: {"test": binary_metrics(target, answers, scores)}
-        for name, (scores, answers) in outputs.items()
-        if name != THRESHOLDED_SGD
+        name: {"test": binary_metrics(target, answers, scores)} for name, (scores, answers, _) in outputs.items()
     }
-    metrics["sgd"]["test"].update(threshold_results(target, *outputs[THRESHOLDED_SGD], target_precision))
+    scores, _, thresholded = outputs["sgd"]
+    metrics["sgd"]["test"].update(threshold_results(target, scores, thresholded, target_precision))
     return metrics
 
 
@@ -116,7 +113,8 @@ def threshold_results(
 
 
 def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> Any:
-    wrong = np.flatnonzero(truth != predicted)[:MISCLASSIFIED_SHOWN]
+    all_wrong = np.flatnonzero(truth != predicted)
+    wrong = all_wrong[:MISCLASSIFIED_SHOWN]
     columns = 10
     rows = max(1, -(-len(wrong) // columns))
     figure, axes = new_figure(rows, columns, figsize=(columns * 0.9, rows * 1.05), squeeze=False)
@@ -125,7 +123,8 @@ def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndar
     for axis, index in zip(axes.ravel(), wrong, strict=False):
         axis.imshow(images[index], cmap="binary", interpolation="nearest")
         axis.set_title(f"{class_names[truth[index]]} → {class_names[predicted[index]]}", fontsize=7)
-    figure.suptitle(f"first {len(wrong)} misclassified test images (true → predicted)")
+    shown = f"all {len(wrong)}" if len(wrong) == len(all_wrong) else f"the first {len(wrong)} of {len(all_wrong)}"
+    figure.suptitle(f"{shown} misclassified test images (true → predicted)", y=1.02)
     return figure
 
 
@@ -195,15 +194,17 @@ def evaluate_denoiser(
 def write_predictions(
     target: np.ndarray,
     labels: np.ndarray,
-    binary: dict[str, tuple[np.ndarray, np.ndarray]],
+    binary: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     multiclass: dict[str, np.ndarray],
     multilabel: np.ndarray,
 ) -> None:
     """Every model's answer for every test image, small and committed, so that two revisions can be compared image
     by image (tools/compare.py). Binary scores at 6 significant digits: enough for a ROC AUC, stable across CPUs."""
     binary_columns: dict[str, np.ndarray] = {"truth": target.astype(np.int8)}
-    for name, (scores, answers) in binary.items():
+    for name, (scores, answers, _) in binary.items():
         binary_columns |= {name: answers.astype(np.int8), f"{name}_score": scores}
+    scores, _, thresholded = binary["sgd"]
+    binary_columns |= {THRESHOLDED_SGD: thresholded.astype(np.int8), f"{THRESHOLDED_SGD}_score": scores}
     write_csv(PREDICTIONS_DIR / "binary.csv", binary_columns, digits=6)
     write_csv(PREDICTIONS_DIR / "multiclass.csv", {"truth": labels, **multiclass})
     truth = multilabel_targets(labels)
@@ -237,26 +238,27 @@ def main() -> None:
         "denoiser": (clean_images, (denoiser, noisy)),
         "multilabel": (knn.predict, (features,)),
         **{f"multiclass.{name}": (model.predict, (features,)) for name, model in multiclass_models.items()},
-        **{
-            f"binary.{name}": (scores_and_predictions, (model, binary_features))
-            for name, model in binary_models.items()
-        },
+        **{f"binary.{name}": (binary_outputs, (model, binary_features)) for name, model in binary_models.items()},
     }
     log(f"scoring the test set: {len(tasks)} models on {n_jobs()} workers")
     outputs = dict(zip(tasks, run_tasks(list(tasks.values())), strict=True))
-    binary_outputs = {name: outputs[f"binary.{name}"] for name in binary_models}
+    binary_scored = {name: outputs[f"binary.{name}"] for name in binary_models}
     predictions = {name: outputs[f"multiclass.{name}"] for name in multiclass_models}
-    write_predictions(target, labels, binary_outputs, predictions, outputs["multilabel"])
+    write_predictions(target, labels, binary_scored, predictions, outputs["multilabel"])
 
-    binary = evaluate_binary(binary_outputs, target, params["binary"].target_precision)
-    legends = {name: f"{name} (AUC {binary[name]['test']['roc_auc']:.3f})" for name in ("sgd", "forest")}
+    binary = evaluate_binary(binary_scored, target, params["binary"].target_precision)
+    legends = {
+        "sgd": f"SGD (AUC {binary['sgd']['test']['roc_auc']:.3f})",
+        "forest": f"random forest (AUC {binary['forest']['test']['roc_auc']:.3f})",
+    }
     question = f"'is it a {class_names[digit]}?'"
     write_binary_curves(
-        {name: (target, binary_outputs[name][0]) for name in legends},
+        {name: (target, binary_scored[name][0]) for name in legends},
         legends,
         "test",
         figures / "binary_",
         f"{question}, test set",
+        binary_models["sgd"].threshold,
     )
 
     multiclass = {
@@ -290,9 +292,9 @@ def main() -> None:
         PLOTS_DIR / "multiclass_test_per_class.csv",
         {"class": np.array(class_names), **{metric: frame[best].to_numpy() for metric, frame in per_class.items()}},
     )
-    answers = {name: binary_outputs[name][1] for name in BINARY_NAMES}
+    answers = {name: binary_scored[name][1] for name in BINARY_NAMES}
     sections = [
-        data_section(read_json(DATA_OVERVIEW_FILE), class_names, n_validation),
+        data_section(read_json(DATA_OVERVIEW_FILE), n_validation),
         binary_section(training["binary"], binary, question, target, answers),
         multiclass_section(training["multiclass"], multiclass, best, labels, predictions, class_names),
         multilabel_section(training["multilabel"], multilabel, multioutput["knn"]["test"]),

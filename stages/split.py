@@ -48,7 +48,7 @@ def plot_class_counts(train: dict[str, int], test: dict[str, int]) -> Any:
     axis.set_xticks(positions, list(train), rotation=30 if max(map(len, train)) > 2 else 0)
     axis.set_ylabel("images")
     axis.set_title("images per class")
-    axis.legend(loc="lower right", framealpha=0.9)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     return figure
 
 

@@ -108,12 +108,11 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
         "dummy.skops",
         "forest.skops",
         "sgd.skops",
-        "sgd_at_target_precision.skops",
     ]
     # The deployed SGD carries the threshold chosen on its own scores of the held-out training images.
     from mnist_dvc.models import read_model
 
-    deployed = read_model(workspace / "data/models/binary/sgd_at_target_precision.skops")
+    deployed = read_model(workspace / "data/models/binary/sgd.skops")
     choice = metrics["sgd"]["threshold_choice"]
     assert round(deployed.threshold, 6) == choice["threshold"] and choice["held_out_images"] == 120
     assert 0 < choice["recall"] <= 1
@@ -208,7 +207,7 @@ def without_class(root: Path, part: str, digit: int = 5) -> None:
             tamper_knn,
             "data/models/multilabel/knn.skops: refused to load, the file names untrusted types: builtins.eval",
         ),
-        (swap_in_the_binary_sgd, "knn.skops: holds a SGDClassifier, expected a KNeighborsClassifier"),
+        (swap_in_the_binary_sgd, "knn.skops: holds a FixedThresholdClassifier, expected a KNeighborsClassifier"),
         (
             lambda root: (root / "data/models/multiclass/selected.json").write_text('{"best": "xgboost"}'),
             "selected.json: 'best' should name one of svc_hog, svc_ovo, svc_ovr, knn, forest, sgd, got 'xgboost'",

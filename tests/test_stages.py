@@ -159,9 +159,7 @@ def test_the_threshold_carried_by_the_deployed_sgd_is_applied_to_the_test_scores
     threshold = float(np.quantile(scores, 0.8))
     deployed = FixedThresholdClassifier(FrozenEstimator(sgd), threshold=threshold, response_method="decision_function")
     deployed.fit(features, target)
-    outputs = {name: evaluate.scores_and_predictions(model, features) for name, model in [("sgd", sgd)]}
-    outputs["sgd_at_target_precision"] = evaluate.scores_and_predictions(deployed, features)
-    test = evaluate.evaluate_binary(outputs, target, 0.9)["sgd"]["test"]
+    test = evaluate.evaluate_binary({"sgd": evaluate.binary_outputs(deployed, features)}, target, 0.9)["sgd"]["test"]
     chosen = scores >= threshold
     assert test["precision_at_cv_threshold"] == round(float(target[chosen].mean()), 6)
     assert test["recall_at_cv_threshold"] == round(float(chosen[target].mean()), 6)

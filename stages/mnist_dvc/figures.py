@@ -48,66 +48,78 @@ def plot_digit_grid(images: np.ndarray, title: str, columns: int = 10) -> Any:
 
 
 def plot_precision_recall_vs_threshold(
-    thresholds: np.ndarray, precision: np.ndarray, recall: np.ndarray, chosen: float | None, title: str
+    thresholds: np.ndarray, precision: np.ndarray, recall: np.ndarray, point: dict[str, float] | None, title: str
 ) -> Any:
+    """The chapter's figure: precision and recall as the decision threshold moves, the chosen threshold marked."""
     figure, axis = new_figure(figsize=(6, 3.5))
     axis.plot(thresholds, precision, "b--", label="precision")
     axis.plot(thresholds, recall, "g-", label="recall")
-    if chosen is not None:
-        axis.axvline(chosen, color="k", linestyle=":", label=f"threshold {chosen:.4g}")
+    if point is not None:
+        label = f"threshold {point['threshold']:.4g}: precision {point['precision']:.3f}, recall {point['recall']:.3f}"
+        axis.axvline(point["threshold"], color="k", linestyle=":", label=label)
+        axis.plot([point["threshold"]] * 2, [point["precision"], point["recall"]], "ko")
     axis.set_xlabel("decision threshold")
+    axis.set_ylabel("precision / recall")
     axis.set_ylim(0, 1.02)
     axis.set_title(title)
-    axis.legend(loc="best")
+    axis.legend(loc="center left")  # where the curves are flat: precision low, recall high
     axis.grid(alpha=0.3)
     return figure
 
 
 CURVE_AXES = {
-    "precision_recall": ("recall", "precision", "lower left"),
-    "roc": ("false positive rate", "true positive rate (recall)", "lower right"),
+    "precision_recall": ("recall", "precision", "lower left", ("recall", "precision")),
+    "roc": ("false positive rate", "true positive rate (recall)", "lower right", ("fpr", "recall")),
 }
 
 
-def plot_curves(kind: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Any:
-    """Precision-recall or ROC curves on one chart; `curves` maps a legend label to (x, y)."""
-    xlabel, ylabel, legend_place = CURVE_AXES[kind]
-    figure, axis = new_figure(figsize=(4.5, 4))
+def plot_curves(
+    kind: str, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, point: dict[str, float] | None = None
+) -> Any:
+    """Precision-recall or ROC curves on one chart; `curves` maps a legend label to (x, y). `point`, SGD's chosen
+    threshold with its precision, recall and false positive rate, is marked on the first curve."""
+    xlabel, ylabel, legend_place, (x_key, y_key) = CURVE_AXES[kind]
+    figure, axis = new_figure(figsize=(5, 4.5))
     if kind == "roc":
         axis.plot([0, 1], [0, 1], "k:", label="chance")
     for label, (x, y) in curves.items():
         axis.plot(x, y, label=label)
+    if point is not None:
+        label = f"threshold {point['threshold']:.4g}: precision {point['precision']:.3f}, recall {point['recall']:.3f}"
+        axis.plot(point[x_key], point[y_key], "ko", label=label)
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1.02)
-    axis.set_title(title)
-    axis.legend(loc=legend_place)
+    axis.set_title(title, fontsize=9)
+    axis.legend(loc=legend_place, fontsize=8)
     axis.grid(alpha=0.3)
     return figure
 
 
-def cell_label(value: float, share: bool) -> str:
-    """A count, or a share with a decimal where whole percents would round a real error to 0%."""
-    if not share:
-        return str(int(value))
-    return f"{value:.0%}" if value >= 0.01 else f"{value:.1%}"
-
-
 def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: str) -> Any:
-    """The chapter's error analysis: raw counts, rows normalized, and errors only (diagonal zeroed).
+    """The chapter's error analysis: counts; shares of each true class; errors only, as shares of each true class
+    and of each predicted class (which predictions are most often wrong).
 
-    Drawn by hand rather than with `ConfusionMatrixDisplay`, which takes one number format per panel: here a share
-    below 1% keeps a decimal, so that a real error never shows as "0%"."""
-    normalized = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    errors = normalized.copy()
-    np.fill_diagonal(errors, 0)
-    figure, axes = new_figure(1, 3, figsize=(16, 4.8), gridspec_kw={"wspace": 0.35})
-    panels = [(matrix, "counts"), (normalized, "share of each true class"), (errors, "errors only")]
-    for axis, (values, name) in zip(axes, panels, strict=True):
-        image = axis.imshow(values, cmap="Blues" if name != "errors only" else "Reds")
+    Drawn by hand rather than with `ConfusionMatrixDisplay`: empty cells stay blank, so the few errors stand out,
+    and the colour bar of a share panel is in percent like its cells."""
+    by_true = 100 * matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    errors = matrix * (1 - np.eye(len(matrix), dtype=matrix.dtype))
+    errors_by_true = 100 * errors / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    errors_by_predicted = 100 * errors / np.maximum(matrix.sum(axis=0, keepdims=True), 1)
+    panels = [
+        (matrix, "counts", "images", "Blues", "{:.0f}"),
+        (by_true, "% of each true class", "% of the true class", "Blues", "{:.1f}"),
+        (errors_by_true, "errors only, % of each true class", "% of the true class", "Reds", "{:.1f}"),
+        (errors_by_predicted, "errors only, % of each predicted class", "% of the predicted class", "Reds", "{:.1f}"),
+    ]
+    size = 3 + 0.45 * len(class_names)
+    figure, axes = new_figure(2, 2, figsize=(2 * size + 2, 2 * size - 0.5), layout="constrained")
+    rotate = max(map(len, class_names)) > 2
+    for axis, (values, name, unit, colours, cell_format) in zip(axes.ravel(), panels, strict=True):
+        image = axis.imshow(values, cmap=colours)
         ticks = np.arange(len(class_names))
-        axis.set_xticks(ticks, class_names, rotation=45 if max(map(len, class_names)) > 2 else 0, ha="right")
+        axis.set_xticks(ticks, class_names, rotation=45 if rotate else 0, ha="right" if rotate else "center")
         axis.set_yticks(ticks, class_names)
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
@@ -116,9 +128,10 @@ def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: s
         for row, col in np.ndindex(values.shape):
             if values[row, col]:
                 color = "white" if values[row, col] > dark else "black"
-                label = cell_label(values[row, col], share=name != "counts")
-                axis.text(col, row, label, ha="center", va="center", fontsize=6, color=color)
-        figure.colorbar(image, ax=axis, fraction=0.046)
+                axis.text(
+                    col, row, cell_format.format(values[row, col]), ha="center", va="center", fontsize=8, color=color
+                )
+        figure.colorbar(image, ax=axis, fraction=0.046, label=unit)
     figure.suptitle(title)
     return figure
 

@@ -67,9 +67,8 @@ def figures(section: str) -> str:
     return "\n".join(f"![{name}](figures/{name})" for name in FIGURES[section])
 
 
-def data_section(overview: dict[str, Any], class_names: list[str], n_validation: int) -> str:
-    counts = pd.DataFrame(overview["class_counts"])  # one row per class label, "0" to "9"
-    counts.index = [class_names[int(label)] for label in counts.index]
+def data_section(overview: dict[str, Any], n_validation: int) -> str:
+    counts = pd.DataFrame(overview["class_counts"])  # one row per class, by name
     counts.loc["total"] = counts.sum()
     return "\n\n".join(
         [
