@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache, partial
 from pathlib import Path
 
@@ -110,7 +110,7 @@ def indicators(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return labels[:, None] == classes[None, :]
 
 
-# The tests.
+# The statistical tests.
 
 
 @cache
@@ -257,7 +257,7 @@ def task_rows(task: str, a: pd.DataFrame, b: pd.DataFrame) -> tuple[list[Row], l
             if row is None:
                 notes.append(f"{model} {pair.metric} is undefined at A or B (no positive answer or one class); skipped")
             else:
-                rows.append(Row(**{**asdict(row), "model": f"{task}.{model}"}))
+                rows.append(replace(row, model=f"{task}.{model}"))
     return rows, notes
 
 
@@ -275,7 +275,7 @@ def check_same_test_set(task: str, a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 def damage(task: str, frame: pd.DataFrame) -> str | None:
     """What is wrong with a predictions table, or None: the truth columns, numbers only, 0/1 answers or class
-    indices, and in the binary file an answer column and a score column for each model."""
+    indices, an answer column and a score column for each binary model, a column per label for a multilabel one."""
     missing = [name for name in truth_columns(task, frame) if name not in frame.columns]
     if missing or not truth_columns(task, frame):
         return f"no column {(missing or ['truth_*'])[0]!r}"
@@ -289,9 +289,16 @@ def damage(task: str, frame: pd.DataFrame) -> str | None:
         return "a class index or answer that is not a whole number from 0"
     if task != "multiclass" and (labels > 1).any().any():
         return "an answer that is neither 0 nor 1"
-    scored = {name.removesuffix("_score") for name in frame.columns if name.endswith("_score")}
-    unpaired = scored ^ set(model_names(task, frame)) if task == "binary" else set()
-    return f"answers and scores do not pair up ({', '.join(sorted(unpaired))})" if unpaired else None
+    if task == "binary":
+        scored = {name.removesuffix("_score") for name in frame.columns if name.endswith("_score")}
+        unpaired = sorted(scored ^ set(model_names(task, frame)))
+        return f"answers and scores do not pair up ({', '.join(unpaired)})" if unpaired else None
+    if task == "multilabel":
+        suffixes = [name.removeprefix("truth") for name in truth_columns(task, frame)]
+        models = model_names(task, frame)
+        partial_models = [model for model in models if any(model + suffix not in frame for suffix in suffixes)]
+        return f"{partial_models[0]!r} does not answer every label" if partial_models else None
+    return None
 
 
 def parse(task: str, content: bytes, source: str) -> pd.DataFrame:
