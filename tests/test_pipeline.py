@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -86,12 +87,18 @@ def test_the_worker_count_changes_no_output(tmp_path):
     assert run(["git", "status", "--porcelain"], root).stdout == ""
 
 
-def test_metrics_cover_all_three_tasks_with_sane_values(reproduced):
-    shown = json.loads(dvc(["metrics", "show", "--json"], reproduced).stdout)
+def shown_metrics(root: Path) -> dict:
+    """Every metric `dvc metrics show` prints, merged into one tree."""
+    shown = json.loads(dvc(["metrics", "show", "--json"], root).stdout)
     metrics = {}
     for files in shown.values():
         for data in files["data"].values():
             metrics.update(data["data"])
+    return metrics
+
+
+def test_metrics_cover_all_three_tasks_with_sane_values(reproduced):
+    metrics = shown_metrics(reproduced)
     binary = metrics["binary"]
     assert binary["dummy"]["test"]["accuracy"] == pytest.approx(0.9)
     assert binary["sgd"]["test"]["accuracy"] > binary["dummy"]["test"]["accuracy"]
@@ -111,8 +118,10 @@ def test_plots_show_renders_curves_confusion_and_figures(reproduced, tmp_path):
         "binary_precision_recall_vs_threshold",
         "binary_roc",
         "multiclass_confusion",
+        "multiclass_recall_per_class",
     ):
         assert plot_id in html
+    assert "is it a 5?" in html and "(binary.digit)" not in html  # titles name the class
     figures = sorted(
         str(p.relative_to(reproduced / "reports/figures")) for p in (reproduced / "reports/figures").rglob("*.png")
     )
@@ -120,14 +129,43 @@ def test_plots_show_renders_curves_confusion_and_figures(reproduced, tmp_path):
     assert "test/multioutput_denoising.png" in figures and len(figures) == 13
 
 
+def report_cells(report: str, heading: str) -> dict[str, list[str]]:
+    """The first Markdown table after `heading`: its first column's text to the other cells of the row."""
+    lines = report[report.index(heading) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = [line.strip("|").split("|") for line in lines[start + 2 :] if line.startswith("|")][:20]
+    return {cells[0].strip(): [cell.strip() for cell in cells[1:]] for cells in rows}
+
+
+def test_the_report_matches_dvc_metrics_show(reproduced):
+    metrics = shown_metrics(reproduced)
+    report = (reproduced / "reports/report.md").read_text()
+    multiclass = report_cells(report, "## Multiclass")
+    from mnist_dvc.schema import MulticlassModels
+
+    for name, model in metrics["multiclass"].items():
+        row = next(cells for label, cells in multiclass.items() if label.startswith(MulticlassModels.describe(name)))
+        cv, validation, test, f1 = row
+        assert float(cv) == pytest.approx(model["cv"]["accuracy"], abs=5e-5)
+        assert float(validation) == pytest.approx(model["validation"]["accuracy"], abs=5e-5)
+        assert float(test.split()[0]) == pytest.approx(model["test"]["accuracy"], abs=5e-5)
+        low, high = (float(bound) for bound in test.split("[")[1].rstrip("]").split(","))
+        assert low < model["test"]["accuracy"] < high
+        assert float(f1) == pytest.approx(model["test"]["f1_macro"], abs=5e-5)
+    binary = report_cells(report, "Test set (accuracy")
+    assert float(binary["SGD"][4]) == pytest.approx(metrics["binary"]["sgd"]["test"]["roc_auc"], abs=5e-5)
+    sgd = metrics["binary"]["sgd"]["test"]
+    assert f"precision {sgd['precision_at_cv_threshold']:.4f} [{sgd['precision_at_cv_threshold_low']:.4f}" in report
+    for link in re.findall(r"\]\((figures/[^)]+)\)", report):
+        assert (reproduced / "reports" / link).is_file(), link
+
+
 def test_a_changed_param_reruns_only_the_stages_that_read_it(scratch):
     params = yaml.safe_load((scratch / "params.yaml").read_text())
     params["multilabel"]["knn"]["n_neighbors"] = 3
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(dvc(["status", "--json"], scratch).stdout)
-    assert sorted(status) == ["train_multilabel"]
-    # evaluate follows only if the model's bytes change, which a dry run cannot know yet
-    assert ran_stages(dvc(["repro", "--dry"], scratch).stdout) == ["train_multilabel"]
+    assert sorted(status) == ["evaluate", "train_multilabel"]  # evaluate shows the params in the report
     assert ran_stages(dvc(["repro"], scratch).stdout) == ["train_multilabel", "evaluate"]
 
 

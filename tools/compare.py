@@ -197,16 +197,15 @@ def binary_pairs(model: str, a: pd.DataFrame, b: pd.DataFrame) -> list[Paired]:
     truth = a["truth"].to_numpy(dtype=bool)
     answers = [frame[model].to_numpy(dtype=bool) for frame in (a, b)]
     scores = [frame[f"{model}_score"].to_numpy(dtype=float) for frame in (a, b)]
-    auc = paired(
-        model, "roc_auc", roc_auc, {"truth": truth, "scores": scores[0]}, {"truth": truth, "scores": scores[1]}
-    )
-    if model == THRESHOLDED_SGD:
+    if model == THRESHOLDED_SGD:  # SGD's answers at its chosen threshold; its scores, and so its AUC, are SGD's
         inputs = [{"truth": truth, "answers": answers[0]}, {"truth": truth, "answers": answers[1]}]
         return [
-            auc,
             paired(model, "precision_at_cv_threshold", precision, *inputs),
             paired(model, "recall_at_cv_threshold", recall, *inputs),
         ]
+    auc = paired(
+        model, "roc_auc", roc_auc, {"truth": truth, "scores": scores[0]}, {"truth": truth, "scores": scores[1]}
+    )
     correct = (answers[0] == truth, answers[1] == truth)
     return [paired(model, "accuracy", accuracy, {"correct": correct[0]}, {"correct": correct[1]}, correct), auc]
 
