@@ -87,13 +87,22 @@ def test_the_worker_count_changes_no_output(tmp_path):
     assert run(["git", "status", "--porcelain"], root).stdout == ""
 
 
+def merge(tree: dict, other: dict) -> None:
+    """`other`'s keys into `tree`, level by level: the CV and test files share the top-level task keys."""
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
 def shown_metrics(root: Path) -> dict:
     """Every metric `dvc metrics show` prints, merged into one tree."""
     shown = json.loads(dvc(["metrics", "show", "--json"], root).stdout)
-    metrics = {}
+    metrics: dict = {}
     for files in shown.values():
         for data in files["data"].values():
-            metrics.update(data["data"])
+            merge(metrics, data["data"])
     return metrics
 
 
