@@ -1,4 +1,4 @@
-"""Is the difference between two revisions' test metrics real, or noise of a 1,000-image test set?
+"""Is the difference between two revisions' test metrics real, or the noise of a finite test set?
 
 `dvc metrics diff` shows that accuracy moved from 0.941 to 0.945, not that four images are well within chance. This
 reads every model's per-image test predictions (`reports/predictions/`, written by the `evaluate` stage) at two git
