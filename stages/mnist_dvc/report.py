@@ -73,7 +73,7 @@ def data_section(overview: dict[str, Any], n_validation: int) -> str:
     return "\n\n".join(
         [
             "## Data",
-            f"Dataset `{overview['dataset']}`. Images per class; of the training images, {n_validation} are held "
+            f"Dataset `{overview['dataset']}`. Images per class; of the training images, {n_validation:,} are held "
             "out to choose the multiclass model.",
             table(counts.astype(int).astype(str)),
             figures("data"),
@@ -116,8 +116,8 @@ def threshold_section(training: dict[str, Any], test: dict[str, Any]) -> str:
         f"- The chapter's way, on cross-validated scores: threshold {number(cv['threshold_at_target_precision'])}, "
         f"recall {number(cv['recall_at_target_precision'])}.",
         f"- Deployed: an SGD learns from the other training images and its threshold is chosen on "
-        f"{choice['held_out_images']} held-out ones, scored by that same SGD: threshold {number(choice['threshold'])}, "
-        f"recall {number(choice['recall'])}.",
+        f"{choice['held_out_images']:,} held-out ones, scored by that same SGD: "
+        f"threshold {number(choice['threshold'])}, recall {number(choice['recall'])}.",
         f"- On the test set, that threshold gives precision {metric_with_interval(test, 'precision_at_cv_threshold')} "
         f"and recall {metric_with_interval(test, 'recall_at_cv_threshold')} (95% intervals).",
         f"- The test set's own best point (known only afterwards): threshold "
