@@ -248,8 +248,8 @@ def main() -> None:
 
     binary = evaluate_binary(binary_scored, target, params["binary"].target_precision)
     legends = {
-        "sgd": f"SGD (AUC {binary['sgd']['test']['roc_auc']:.3f})",
-        "forest": f"random forest (AUC {binary['forest']['test']['roc_auc']:.3f})",
+        "sgd": f"SGD (ROC AUC {binary['sgd']['test']['roc_auc']:.3f})",
+        "forest": f"random forest (ROC AUC {binary['forest']['test']['roc_auc']:.3f})",
     }
     question = f"'is it a {class_names[digit]}?'"
     write_binary_curves(

@@ -160,8 +160,8 @@ def main() -> None:
 
     question = f"'is it a {class_name}?'"
     legends = {
-        "sgd": f"SGD, cross-validated (AUC {metrics['sgd']['cv']['roc_auc']:.3f})",
-        "forest": f"random forest, out-of-bag (AUC {metrics['forest']['oob']['roc_auc']:.3f})",
+        "sgd": f"SGD, cross-validated (ROC AUC {metrics['sgd']['cv']['roc_auc']:.3f})",
+        "forest": f"random forest, out-of-bag (ROC AUC {metrics['forest']['oob']['roc_auc']:.3f})",
     }
     figures = FIGURES_DIR / "binary"
     cv_threshold = None if reached["sgd"] is None else reached["sgd"][0]
