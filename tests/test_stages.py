@@ -108,6 +108,49 @@ def test_shift_augmentation_wraps_any_model_that_asks_for_it():
     assert wrapped == {"knn", "forest"}
 
 
+def test_the_per_image_steps_are_split_off_the_front_of_a_pipeline_only():
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.svm import SVC
+
+    from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented
+
+    pipeline = Pipeline([("deskew", Deskew()), ("hog", HogFeatures()), ("pca", PCA(5)), ("svc", SVC())])
+    steps, rest = train_multiclass.split_per_image_steps(pipeline)
+    assert list(steps.named_steps) == ["deskew", "hog"] and list(rest.named_steps) == ["pca", "svc"]
+    learned_first = Pipeline([("pca", PCA(5)), ("deskew", Deskew()), ("svc", SVC())])
+    for model in (learned_first, SVC(), ShiftAugmented(pipeline)):
+        assert train_multiclass.split_per_image_steps(model) == (None, model)
+    steps, rest = train_multiclass.split_per_image_steps(Pipeline([("deskew", Deskew()), ("svc", SVC())]))
+    assert list(steps.named_steps) == ["deskew"] and list(rest.named_steps) == ["svc"]
+
+
+def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tmp_path):
+    """svc_hog's deskew and HOG run once per image, yet the saved model, its validation predictions and its CV
+    predictions are those of the whole pipeline fitted on each set, byte for byte."""
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_predict
+
+    from mnist_dvc.models import save_model
+
+    images, labels = sample
+    features = images.reshape(len(images), -1).astype(np.float32) / 255
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
+    raw["models"] = {"svc_hog": raw["models"]["svc_hog"] | {"pca_components": 20}, "knn": raw["models"]["knn"]}
+    models = train_multiclass.build_models(MulticlassParams.model_validate(raw))
+    fit_on, validation = (features[:400], labels[:400]), features[400:500]
+    folds = StratifiedKFold(n_splits=3)
+    fitted, predicted, cv_predicted = train_multiclass.fit_everything(models, fit_on, validation, (300, folds))
+    for name, (model, _) in models.items():
+        whole = clone(model).fit(*fit_on)
+        save_model(tmp_path / "everything.skops", fitted[name])
+        save_model(tmp_path / "whole.skops", whole)
+        assert (tmp_path / "everything.skops").read_bytes() == (tmp_path / "whole.skops").read_bytes(), name
+        np.testing.assert_array_equal(predicted[name], whole.predict(validation))
+        cv_whole = cross_val_predict(clone(model), features[:300], labels[:300], cv=folds)
+        np.testing.assert_array_equal(cv_predicted[name], cv_whole)
+
+
 def test_most_confused_pair_counts_both_directions():
     # 0 -> 1 is the largest single cell, but 1 and 2 are mixed up more in total (4 + 4)
     matrix = np.array([[9, 5, 0], [0, 8, 4], [0, 4, 7]])

