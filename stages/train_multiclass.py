@@ -162,8 +162,9 @@ def split_per_image_steps(model: Any) -> tuple[Pipeline | None, Any]:
     """A Pipeline's leading steps that learn nothing from the images (`requires_fit` tag false), and the rest.
 
     Those steps give an image the same features whatever they were fitted on, so the stage computes them once per
-    image instead of in every CV fold and final fit: HOG extraction was two thirds of svc_hog's time (1.9 s of 2.9 s
-    per fold on the sample). (None, model) when there are none, e.g. a model wrapped in `ShiftAugmented`.
+    image instead of in every CV fold and final fit: with skimage's `hog`, HOG extraction was two thirds of svc_hog's
+    time (1.9 s of 2.9 s per fold on the sample). (None, model) when there are none, e.g. a model wrapped in
+    `ShiftAugmented`.
     """
     if not isinstance(model, Pipeline):
         return None, model
@@ -207,10 +208,12 @@ def fit_everything(
         steps, rest = split_per_image_steps(model)
         inputs, validation_inputs = fit_features, validation_images
         if steps is not None:
-            log(f"{name}: {', '.join(steps.named_steps)} of {len(fit_labels) + len(validation_images)} images, once")
+            # Only the rows the final fit or the CV folds use.
+            (inputs,) = first_n(None if None in (fit_size, cv_max_samples) else max(fit_size, cv_max_samples), inputs)
+            log(f"{name}: {', '.join(steps.named_steps)} of {len(inputs) + len(validation_images)} images, once")
             per_image[name] = steps = clone(steps)
             with refused_by_estimator(f"multiclass.models.{name}"):
-                inputs, validation_inputs = steps.fit_transform(fit_features), steps.transform(validation_images)
+                inputs, validation_inputs = steps.fit_transform(inputs), steps.transform(validation_images)
         finals.append((fit_and_predict, (name, rest, first_n(fit_size, inputs, fit_labels), validation_inputs)))
         (cv_inputs,) = first_n(cv_max_samples, inputs)
         fold_tasks += [

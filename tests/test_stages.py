@@ -125,7 +125,8 @@ def test_the_per_image_steps_are_split_off_the_front_of_a_pipeline_only():
     assert list(steps.named_steps) == ["deskew"] and list(rest.named_steps) == ["svc"]
 
 
-def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tmp_path):
+@pytest.mark.parametrize("max_train_samples", [None, 350])
+def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tmp_path, max_train_samples):
     """svc_hog's deskew and HOG run once per image, yet the saved model, its validation predictions and its CV
     predictions are those of the whole pipeline fitted on each set, byte for byte."""
     from sklearn.base import clone
@@ -136,13 +137,14 @@ def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tm
     images, labels = sample
     features = images.reshape(len(images), -1).astype(np.float32) / 255
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
-    raw["models"] = {"svc_hog": raw["models"]["svc_hog"] | {"pca_components": 20}, "knn": raw["models"]["knn"]}
+    svc_hog = raw["models"]["svc_hog"] | {"pca_components": 20, "max_train_samples": max_train_samples}
+    raw["models"] = {"svc_hog": svc_hog, "knn": raw["models"]["knn"]}
     models = train_multiclass.build_models(MulticlassParams.model_validate(raw))
     fit_on, validation = (features[:400], labels[:400]), features[400:500]
     folds = StratifiedKFold(n_splits=3)
     fitted, predicted, cv_predicted = train_multiclass.fit_everything(models, fit_on, validation, (300, folds))
-    for name, (model, _) in models.items():
-        whole = clone(model).fit(*fit_on)
+    for name, (model, fit_size) in models.items():
+        whole = clone(model).fit(fit_on[0][:fit_size], fit_on[1][:fit_size])
         save_model(tmp_path / "everything.skops", fitted[name])
         save_model(tmp_path / "whole.skops", whole)
         assert (tmp_path / "everything.skops").read_bytes() == (tmp_path / "whole.skops").read_bytes(), name
