@@ -21,6 +21,7 @@ def run_tasks(tasks: list[Task]) -> list[Any]:
 
     Tasks start in the order given, one at a time as workers free up: list the longest first, so that no worker
     is left with a long task at the end while the others idle. No n_jobs here: the stage's `parallel_config`
-    decides the workers (one means in this process, in order). Inside a worker, joblib runs nested loops serially.
+    decides the workers (threads; one means in the calling thread, in order). Inside a worker, joblib runs nested
+    loops serially.
     """
     return Parallel(batch_size=1)(delayed(function)(*args) for function, args in tasks)
