@@ -185,6 +185,14 @@ def fit_and_predict(name: str, model: Any, fit_on: tuple[np.ndarray, np.ndarray]
     return fitted, predicted
 
 
+def fit_and_predict_fold(
+    name: str, model: Any, inputs: np.ndarray, labels: np.ndarray, fold: tuple[np.ndarray, np.ndarray]
+) -> tuple:
+    """One CV task: its rows are copied here, in the worker, so a fold's copies live only while it runs."""
+    train, test = fold
+    return fit_and_predict(name, model, (inputs[train], labels[train]), inputs[test])
+
+
 def fit_everything(
     models: dict[str, tuple[Any, int | None]],
     fit_on: tuple[np.ndarray, np.ndarray],
@@ -216,10 +224,7 @@ def fit_everything(
                 inputs, validation_inputs = steps.fit_transform(inputs), steps.transform(validation_images)
         finals.append((fit_and_predict, (name, rest, first_n(fit_size, inputs, fit_labels), validation_inputs)))
         (cv_inputs,) = first_n(cv_max_samples, inputs)
-        fold_tasks += [
-            (fit_and_predict, (name, rest, (cv_inputs[train], cv_labels[train]), cv_inputs[test]))
-            for train, test in fold_indices
-        ]
+        fold_tasks += [(fit_and_predict_fold, (name, rest, cv_inputs, cv_labels, fold)) for fold in fold_indices]
     log(f"{len(finals)} final fits and {len(fold_tasks)} CV folds on {n_jobs()} workers")
     results = run_tasks(finals + fold_tasks)
     final_results, fold_results = results[: len(finals)], iter(results[len(finals) :])

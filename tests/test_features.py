@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -93,6 +94,23 @@ def test_the_same_images_give_the_same_bytes_in_any_chunks(digits):
         assert np.vstack([step.transform(features[:1]), step.transform(features[1:])]).tobytes() == whole
 
 
+def test_wide_hog_params_take_smaller_chunks_not_more_memory():
+    """The widest params allowed: 112,896 descriptors an image. Chunks shrink so that HOG's intermediates stay near
+    256 MB beside the result, which is written in place (concatenating chunks would hold it twice)."""
+    wide = HogFeatures(orientations=36, pixels_per_cell=2, cells_per_block=7, keep_pixels=False)
+    assert HogFeatures().images_per_chunk() >= 1000 and wide.images_per_chunk() < 100
+    images = np.random.default_rng(0).random((250, 784)).astype(np.float32)
+    wide.fit(images[:1])
+    tracemalloc.start()
+    try:
+        descriptors = wide.transform(images)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert descriptors.shape == (250, wide.n_hog_features())
+    assert peak - descriptors.nbytes < 320 * 2**20
+
+
 def skimage_hog(images: np.ndarray, orientations: int, pixels_per_cell: int, cells_per_block: int) -> np.ndarray:
     cell, block = (pixels_per_cell, pixels_per_cell), (cells_per_block, cells_per_block)
     params = {"orientations": orientations, "pixels_per_cell": cell, "cells_per_block": block, "block_norm": "L2-Hys"}
@@ -114,10 +132,11 @@ def test_hog_gives_skimages_descriptors_to_the_bit(digits, orientations, pixels_
     assert hog_images(images, *params).tobytes() == skimage_hog(images, *params).tobytes()
 
 
-def test_hog_bins_an_angle_between_float32_and_float64_edges_as_skimage_does():
-    """skimage computes a bin's edge in float64 and stores it as float32: 3 x 180 / 7 degrees becomes 77.14286, not
-    77.14285 as float32 arithmetic gives. A gradient at 77.142857 degrees falls on different sides of the two."""
-    angle = np.deg2rad(77.142857)
+@pytest.mark.parametrize("degrees", [25.714284896850586, 25.7142857142857, 25.71428668498993, 77.142857])
+def test_hog_bins_an_angle_next_to_a_bin_edge_as_skimage_does(degrees):
+    """skimage's bin edges are float64 (180 / 7 = 25.714285714...). Rounded to float32 an edge moves: 25.7142849
+    below it and 25.7142867 above it are angles that edge arithmetic in float32 bins differently."""
+    angle = np.deg2rad(degrees)
     image = np.zeros((1, 28, 28))
     image[0, 11, 10], image[0, 10, 11] = 10 * np.sin(angle), 10 * np.cos(angle)  # the gradient at (10, 10)
     assert hog_images(image, 7, 4, 2).tobytes() == skimage_hog(image, 7, 4, 2).tobytes()

@@ -21,8 +21,12 @@ from mnist_dvc.arrays import SIDE
 
 PIXELS = SIDE * SIDE
 CENTRE = (SIDE - 1) / 2  # pixel centres run from 0 to 27
-# Images per chunk of a step: bounds the memory of its intermediate arrays (HOG's votes: ~60 MB for 1,000 images).
+# Images per chunk of a step at most: bounds the memory of its intermediate arrays.
 CHUNK = 1000
+# HOG's float64 intermediates per chunk (the votes, pixels x orientations, and the blocks, up to three copies of the
+# larger): a chunk holds fewer images when HOG's params make them wide. Measured with tracemalloc: ~120 MB for 1,000
+# images with the defaults, ~250 MB beside the result with the widest params allowed.
+HOG_CHUNK_BYTES = 256 * 1024 * 1024
 # The epsilon of skimage's L2-Hys block norm.
 HOG_EPSILON = 1e-5
 
@@ -120,8 +124,8 @@ def hog_images(images: np.ndarray, orientations: int, pixels_per_cell: int, cell
 
     skimage's function takes ~0.5 ms an image, four fifths of it in a Python loop over the blocks: 2.1 s for the
     sample's 4,000 training digits, 0.6 s here (measured). So this follows its arithmetic step by step: the same
-    gradients, orientation bins with float32 edges, each cell's votes summed in float32 in skimage's order and
-    divided by the cell's size, then the same block sums.
+    gradients and orientation bins, each cell's votes summed in float32 in skimage's order and divided by the cell's
+    size, then the same block sums.
     """
     n = len(images)
     images = images.astype(np.float64)
@@ -138,7 +142,7 @@ def hog_images(images: np.ndarray, orientations: int, pixels_per_cell: int, cell
 
     magnitude = by_cell(np.hypot(g_col, g_row))
     orientation = by_cell(np.arctan2(g_row, g_col) * (180 / np.pi) % 180)
-    edges = (180.0 / orientations * np.arange(orientations + 1)).astype(np.float32).astype(np.float64)
+    edges = 180.0 / orientations * np.arange(orientations + 1)
     in_bin = (orientation[..., None] >= edges[:-1]) & (orientation[..., None] < edges[1:])
     votes = np.where(in_bin, magnitude[..., None], 0.0)  # (n, cells, cells, pixels, orientations)
     histogram = np.zeros((n, cells, cells, orientations), np.float32)
@@ -155,13 +159,19 @@ def hog_images(images: np.ndarray, orientations: int, pixels_per_cell: int, cell
     return blocks.reshape(n, -1).astype(np.float32)
 
 
-def map_chunks(function: Callable[..., np.ndarray], images: np.ndarray, *args: Any) -> np.ndarray:
-    """`function` on chunks of CHUNK images, its results' rows concatenated in order.
+def map_chunks(function: Callable[..., np.ndarray], images: np.ndarray, *args: Any, size: int = CHUNK) -> np.ndarray:
+    """`function` on chunks of `size` images (at most CHUNK), its results' rows written in order into one array.
 
-    Each image is computed alone, so the result does not depend on the chunks (tested), only the memory does.
+    Each image is computed alone, so the result does not depend on the chunks (tested), only the memory does: one
+    chunk's intermediates and the result, never the result twice as concatenating the chunks' results would.
     """
-    chunks = (images[start : start + CHUNK] for start in range(0, len(images), CHUNK))
-    return np.concatenate([function(chunk, *args) for chunk in chunks])
+    size = max(1, min(size, CHUNK))
+    first = function(images[:size], *args)
+    result = np.empty((len(images), *first.shape[1:]), first.dtype)
+    result[:size] = first
+    for start in range(size, len(images), size):
+        result[start : start + size] = function(images[start : start + size], *args)
+    return result
 
 
 class HogFeatures(PerImageTransformer):
@@ -189,10 +199,15 @@ class HogFeatures(PerImageTransformer):
         check_is_fitted(self)
         X = check_pixels(self, X, reset=False)
         params = self.orientations, self.pixels_per_cell, self.cells_per_block
-        descriptors = map_chunks(hog_images, as_images(X), *params)
+        descriptors = map_chunks(hog_images, as_images(X), *params, size=self.images_per_chunk())
         if not self.keep_pixels:
             return descriptors
         return np.hstack([descriptors, X.astype(np.float32)])
+
+    def images_per_chunk(self) -> int:
+        """As many images as keep HOG's intermediates within HOG_CHUNK_BYTES (1,000 with the defaults)."""
+        widest = max(PIXELS * self.orientations, self.n_hog_features())
+        return HOG_CHUNK_BYTES // (3 * 8 * widest)
 
     def n_hog_features(self) -> int:
         """How many descriptors `hog` gives per 28x28 image with these params (without the pixels)."""

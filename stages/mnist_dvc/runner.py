@@ -20,7 +20,7 @@ from joblib import parallel_config
 from threadpoolctl import threadpool_limits
 
 JOBS_VARIABLE = "MNIST_DVC_JOBS"
-# Thread pools of BLAS and OpenMP: pinned to one thread, in this process and in joblib's workers, because
+# Thread pools of BLAS and OpenMP: pinned to one thread, in this process and so in its worker threads, because
 # a kernel's summation order depends on its thread count and results must not depend on the machine.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
@@ -69,7 +69,7 @@ def run_stage(main: Callable[[], None], description: str) -> None:
     A user error ends the stage with one line and exit code 1.
     """
     argparse.ArgumentParser(description=description).parse_args()
-    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # inherited by joblib's worker processes
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # for libraries loaded later, and any child process
     try:
         with threadpool_limits(limits=1), parallel_config(backend="threading", n_jobs=n_jobs()):
             main()
