@@ -205,7 +205,7 @@ class HogFeatures(PerImageTransformer):
         return np.hstack([descriptors, X.astype(np.float32)])
 
     def images_per_chunk(self) -> int:
-        """As many images as keep HOG's intermediates within HOG_CHUNK_BYTES (1,000 with the defaults)."""
+        """As many images as keep HOG's intermediates within HOG_CHUNK_BYTES (`map_chunks` takes CHUNK at most)."""
         widest = max(PIXELS * self.orientations, self.n_hog_features())
         return HOG_CHUNK_BYTES // (3 * 8 * widest)
 
