@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+
 from pathlib import Path
 from typing import Any
 

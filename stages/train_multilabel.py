@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+
 import numpy as np
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier

@@ -1,8 +1,16 @@
 """Shared fixtures: temp copies of the repo, commands run with this environment's tools."""
 
+# ruff: noqa: E402  (the user's environment is read before the numeric profile changes it)
 from __future__ import annotations
 
 import os
+
+# The environment as the user set it, before the numeric profile (imported next, ahead of numpy, as every stage does)
+# puts its variables in: the commands the tests start get the user's, and each stage applies the profile itself.
+USER_ENVIRONMENT = dict(os.environ)
+
+import mnist_dvc.numeric_profile  # noqa: F401
+
 import shutil
 import subprocess
 import sys
@@ -15,15 +23,21 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def tool_env(**extra: str) -> dict[str, str]:
-    """This interpreter's bin/ first on PATH, so `python` and `dvc` are the project's."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+def tool_env(**extra: str | None) -> dict[str, str]:
+    """The user's environment with this interpreter's bin/ first on PATH, so `python` and `dvc` are the project's;
+    `extra` sets variables, or unsets those given as None."""
+    env = {**USER_ENVIRONMENT, "PATH": f"{BIN}{os.pathsep}{USER_ENVIRONMENT['PATH']}"}
+    for name, value in extra.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env.update(GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com")
     env.update(GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
     return env
 
 
-def run(args: list[str], cwd: Path, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, check: bool = True, **extra: str | None) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=tool_env(**extra), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -54,8 +68,8 @@ def copy_repo(destination: Path) -> Path:
     return destination
 
 
-def dvc(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd, check=check)
+def dvc(args: list[str], cwd: Path, check: bool = True, **extra: str | None) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd, check=check, **extra)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from mnist_dvc.numeric_profile import cpu_flags, why_not_applicable
+
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -60,21 +63,52 @@ def test_a_second_repro_does_nothing(reproduced):
     assert ran_stages(result.stdout) == [] and "up to date" in result.stdout
 
 
-def blas_kernel(env: dict[str, str]) -> str:
+def machine_kernel(**env: str | None) -> str:
+    """The kernel OpenBLAS picks in a process that does not apply the numeric profile."""
     probe = "import numpy, threadpoolctl; print(threadpoolctl.threadpool_info()[0]['architecture'])"
     return run([sys.executable, "-c", probe], ROOT, **env).stdout.strip()
 
 
-@pytest.mark.parametrize(
-    "env",
-    [{"OPENBLAS_CORETYPE": "Prescott"}, {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "1"}],
-    ids=["prescott", "haswell-one-thread"],
+def has_avx512() -> bool:
+    return "avx512f" in cpu_flags()
+
+
+# What other CPUs and environments would make OpenBLAS and numpy run: each must give the committed bytes.
+FORCED = {
+    "skylakex": {"OPENBLAS_CORETYPE": "SkylakeX"},  # AVX-512 CPUs' own kernel
+    "sandybridge": {"OPENBLAS_CORETYPE": "Sandybridge"},
+    "prescott": {"OPENBLAS_CORETYPE": "Prescott"},  # reported as Katmai
+    "numpy-without-avx512": {"OPENBLAS_CORETYPE": None, "NPY_DISABLE_CPU_FEATURES": "X86_V4"},
+    "nothing-forced": {"OPENBLAS_CORETYPE": None, "NPY_ENABLE_CPU_FEATURES": None, "NPY_DISABLE_CPU_FEATURES": None},
+}
+
+
+@pytest.mark.skipif(
+    why_not_applicable(platform.system(), platform.machine(), cpu_flags()) is not None,
+    reason="the numeric profile does not apply on this machine: its model files may differ",
 )
-def test_reports_are_byte_identical_on_another_blas_kernel(tmp_path, env):
-    """What another CPU computes with: every report must come out as committed (model files may differ)."""
-    assert blas_kernel(env) != blas_kernel({})  # OpenBLAS really switched kernel (Prescott reports as Katmai)
+@pytest.mark.parametrize("forced", list(FORCED))
+def test_a_fresh_repro_gives_the_committed_lock_whatever_kernel_the_environment_forces(tmp_path, forced):
+    env = FORCED[forced]
+    if forced == "skylakex" and not has_avx512():
+        pytest.skip("this CPU has no AVX-512: SkylakeX's kernel would stop the probe with SIGILL")
+    if env.get("OPENBLAS_CORETYPE"):
+        assert machine_kernel(**env) != machine_kernel(OPENBLAS_CORETYPE="Haswell")  # the variable takes effect
     root = copy_repo(tmp_path / "repo")
-    run([sys.executable, "-m", "dvc", "repro", "-f"], root, **env)
+    dvc(["repro", "-f"], root, **env)
+    committed = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    assert lock_hashes(yaml.safe_load((root / "dvc.lock").read_text())) == lock_hashes(committed)
+    assert run(["git", "status", "--porcelain"], root).stdout == ""
+
+
+def test_native_runs_the_machines_kernel_and_changes_no_report(tmp_path):
+    """MNIST_DVC_NUMERIC_PROFILE=native: the CPU's own kernel; models may differ, reports may not."""
+    kernel = machine_kernel(OPENBLAS_CORETYPE=None)
+    root = copy_repo(tmp_path / "repo")
+    result = dvc(["repro", "-f"], root, OPENBLAS_CORETYPE=None, MNIST_DVC_NUMERIC_PROFILE="native")
+    assert f"numeric profile off (MNIST_DVC_NUMERIC_PROFILE=native): numpy's openblas ({kernel} kernel" in (
+        result.stdout + result.stderr
+    )
     assert run(["git", "status", "--porcelain", "reports"], root).stdout == ""
 
 

@@ -34,6 +34,7 @@ def test_a_bad_worker_count_is_named(monkeypatch, value):
 STAGE = """
 import json, os, sys
 sys.path.insert(0, "stages")
+import mnist_dvc.numeric_profile
 import numpy
 from joblib import Parallel, delayed
 from mnist_dvc.runner import UserError, run_stage

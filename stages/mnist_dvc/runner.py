@@ -1,4 +1,4 @@
-"""How every stage runs: `--help`, threads pinned, worker count from the environment, user errors as one line.
+"""How every stage runs: `--help`, the numeric profile checked, workers from the environment, user errors as one line.
 
 The worker count reaches scikit-learn through joblib's `parallel_config`, not through the estimators' `n_jobs`:
 an estimator keeps its `n_jobs` and skops saves it, so passing it would make the model files depend on the machine.
@@ -19,10 +19,9 @@ from contextlib import contextmanager
 from joblib import parallel_config
 from threadpoolctl import threadpool_limits
 
+from mnist_dvc import numeric_profile
+
 JOBS_VARIABLE = "MNIST_DVC_JOBS"
-# Thread pools of BLAS and OpenMP: pinned to one thread, in this process and so in its worker threads, because
-# a kernel's summation order depends on its thread count and results must not depend on the machine.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 
 
 class UserError(Exception):
@@ -64,14 +63,19 @@ def refused_by_estimator(key: str) -> Iterator[None]:
 
 
 def run_stage(main: Callable[[], None], description: str) -> None:
-    """Entry point of every stage: `--help`, then `main()` with one BLAS/OpenMP thread and `n_jobs()` workers.
+    """Entry point of every stage: `--help`, then `main()` under the numeric profile with `n_jobs()` workers.
 
-    A user error ends the stage with one line and exit code 1.
+    The profile was applied when the stage imported `numeric_profile`, before numpy loaded; here, with every library
+    loaded, the stage says in one line if it is not in force. BLAS and OpenMP keep one thread in this process and so
+    in its worker threads. A user error ends the stage with one line and exit code 1.
     """
     argparse.ArgumentParser(description=description).parse_args()
-    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))  # for libraries loaded later, and any child process
     try:
+        if numeric_profile.STATUS.error:
+            raise UserError(numeric_profile.STATUS.error)
         with threadpool_limits(limits=1), parallel_config(backend="threading", n_jobs=n_jobs()):
+            for line in numeric_profile.report(numeric_profile.STATUS):
+                log(line)
             main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
