@@ -28,7 +28,7 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "stages")]
 from conftest import copy_repo, tool_env  # noqa: E402  (the tests' way to make a fresh copy of the repo)
 
 SAMPLE_SECONDS = 0.1
