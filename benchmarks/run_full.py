@@ -7,13 +7,20 @@ Each stage runs as `dvc repro --single-item <stage>`, in dvc.yaml's order, with 
 download stage's time includes reading the mirror. Peak memory is reported twice: the largest single process
 (exact, from the kernel) and the sum over the stage's process tree (sampled, an upper bound: shared pages count
 once per process).
+
+With `--dask-workers N` the stages run on a Dask cluster started here (a scheduler and N single-thread workers, real
+processes on 127.0.0.1, with the numeric profile's environment); the workers' memory is sampled too, and from the
+duration of every task the scheduler recorded, the script models what 2 to 32 workers would take (see `modelled`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import heapq
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -29,7 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "stages")]
-from conftest import copy_repo, tool_env  # noqa: E402  (the tests' way to make a fresh copy of the repo)
+from conftest import copy_repo, dask_cluster, tool_env  # noqa: E402  (the tests' way to make a repo copy, a cluster)
 
 SAMPLE_SECONDS = 0.1
 MB = 1024 * 1024
@@ -37,6 +44,7 @@ MB = 1024 * 1024
 TARGET_SECONDS = 240
 TARGET_RSS_MB = 3 * 1024
 TARGET_ACCURACY = {"mnist": 0.99, "fashion-mnist": 0.92}
+MODELLED_WORKERS = (2, 4, 8, 16, 32)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class Measured:
     seconds: float
     peak_mb: float  # the largest single process
     tree_peak_mb: float  # all processes of the stage at once, sampled
+    workers_peak_mb: float = 0.0  # all Dask workers at once, sampled
+    tasks: tuple[tuple[float, float], ...] = ()  # (start, seconds) of each task the Dask scheduler ran for it
 
 
 def prepare(workspace: Path, dataset: str, mirrors: list[str], overrides: list[str]) -> list[str]:
@@ -73,16 +83,19 @@ def tree_rss(root: psutil.Process) -> int:
     return total
 
 
-def sample_tree(pid: int, done: threading.Event, peak: list[int]) -> None:
+def sample_tree(pid: int, done: threading.Event, peak: list[int], workers: list[int]) -> None:
+    """The peak RSS of the stage's process tree in peak[0], and of all `workers` together in peak[1]."""
     try:
         root = psutil.Process(pid)
+        others = [psutil.Process(worker) for worker in workers]
         while not done.wait(SAMPLE_SECONDS):
             peak[0] = max(peak[0], tree_rss(root))
+            peak[1] = max(peak[1], sum(tree_rss(worker) for worker in others))
     except psutil.Error:  # the stage has ended
         pass
 
 
-def run_stage(stage: str, workspace: Path, env: dict[str, str], log: Path) -> Measured:
+def run_stage(stage: str, workspace: Path, env: dict[str, str], log: Path, workers: list[int]) -> Measured:
     """One `dvc repro --single-item`, timed; exits with its output when it fails."""
     with open(log, "w") as output:
         started = time.perf_counter()
@@ -93,8 +106,8 @@ def run_stage(stage: str, workspace: Path, env: dict[str, str], log: Path) -> Me
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        done, peak = threading.Event(), [0]
-        sampler = threading.Thread(target=sample_tree, args=(process.pid, done, peak))
+        done, peak = threading.Event(), [0, 0]
+        sampler = threading.Thread(target=sample_tree, args=(process.pid, done, peak, workers))
         sampler.start()
         # wait4, not wait: it also returns the child's resource usage, peak RSS included
         _, status, usage = os.wait4(process.pid, 0)
@@ -105,15 +118,75 @@ def run_stage(stage: str, workspace: Path, env: dict[str, str], log: Path) -> Me
     if process.returncode != 0:
         sys.exit(f"stage {stage} failed ({process.returncode}):\n{log.read_text()}")
     peak_mb = usage.ru_maxrss * 1024 / MB  # Linux reports kilobytes
-    return Measured(stage, seconds, peak_mb, max(peak[0] / MB, peak_mb))
+    return Measured(stage, seconds, peak_mb, max(peak[0] / MB, peak_mb), peak[1] / MB)
+
+
+def task_durations(stream: list[dict]) -> tuple[tuple[float, float], ...]:
+    """(start, seconds) of each task in a Dask task stream: the time it computed, in the order tasks started."""
+    tasks = []
+    for task in stream:
+        computed = [part for part in task["startstops"] if part["action"] == "compute"]
+        if computed:
+            tasks.append((computed[0]["start"], sum(part["stop"] - part["start"] for part in computed)))
+    return tuple(sorted(tasks))
+
+
+def parallel_sections(tasks: tuple[tuple[float, float], ...]) -> list[list[float]]:
+    """The tasks' durations, split where no task was running: one list per parallel loop of the stage."""
+    sections: list[list[float]] = []
+    running_until = -math.inf
+    for start, seconds in tasks:
+        if start >= running_until:
+            sections.append([])
+        sections[-1].append(seconds)
+        running_until = max(running_until, start + seconds)
+    return sections
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """How long `durations` take on `workers`, started in their order, each on the first worker that is free: the
+    schedule of `workers.run_jobs` (longest first) and of joblib's loops."""
+    free_at = [0.0] * workers
+    for seconds in durations:
+        heapq.heapreplace(free_at, free_at[0] + seconds)
+    return max(free_at)
+
+
+def modelled(result: Measured, measured_workers: int, workers: int) -> float:
+    """The stage's time on `workers`: what ran outside its parallel loops (the measured time less their modelled
+    time on the measured workers), plus each loop's time on `workers`. The longest single task bounds each loop."""
+    sections = parallel_sections(result.tasks)
+    outside = result.seconds - sum(makespan(section, measured_workers) for section in sections)
+    return outside + sum(makespan(section, workers) for section in sections)
+
+
+def scaling_table(results: list[Measured], measured_workers: int) -> str:
+    header = f"{'stage':<18} {'measured':>9} " + " ".join(f"{f'N={n}':>7}" for n in MODELLED_WORKERS)
+    lines = [header + f" {'longest task':>13}"]
+    for result in [*results, None]:
+        rows = results if result is None else [result]
+        modelled_times = [sum(modelled(row, measured_workers, n) for row in rows) for n in MODELLED_WORKERS]
+        longest = max((seconds for row in rows for _, seconds in row.tasks), default=0.0)
+        name = "total" if result is None else result.stage
+        measured = sum(row.seconds for row in rows)
+        lines.append(
+            f"{name:<18} {measured:>9.1f} "
+            + " ".join(f"{value:>7.1f}" for value in modelled_times)
+            + f" {longest:>13.1f}"
+        )
+    return "\n".join(lines)
 
 
 def report(dataset: str, results: list[Measured], metrics: dict, selected: str) -> str:
-    lines = [f"{'stage':<18} {'wall s':>8} {'peak RSS MB':>12} {'sum RSS MB':>11}"]
-    lines += [f"{r.stage:<18} {r.seconds:>8.1f} {r.peak_mb:>12.0f} {r.tree_peak_mb:>11.0f}" for r in results]
+    lines = [f"{'stage':<18} {'wall s':>8} {'peak RSS MB':>12} {'sum RSS MB':>11} {'workers MB':>11}"]
+    lines += [
+        f"{r.stage:<18} {r.seconds:>8.1f} {r.peak_mb:>12.0f} {r.tree_peak_mb:>11.0f} {r.workers_peak_mb:>11.0f}"
+        for r in results
+    ]
     total = sum(r.seconds for r in results)
     peak = max(r.peak_mb for r in results)
-    lines.append(f"{'total':<18} {total:>8.1f} {peak:>12.0f} {max(r.tree_peak_mb for r in results):>11.0f}")
+    tree_peak, workers_peak = max(r.tree_peak_mb for r in results), max(r.workers_peak_mb for r in results)
+    lines.append(f"{'total':<18} {total:>8.1f} {peak:>12.0f} {tree_peak:>11.0f} {workers_peak:>11.0f}")
     slowest = max(results, key=lambda r: r.seconds)
     lines.append(f"slowest stage: {slowest.stage} ({slowest.seconds / total:.0%} of the time)")
 
@@ -147,6 +220,9 @@ def main() -> None:
     parser.add_argument("--mirror", action="append", default=[], help="data.mirrors entry (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy and print where it is")
+    parser.add_argument(
+        "--dask-workers", type=int, default=0, metavar="N", help="run on a local Dask cluster of N workers (processes)"
+    )
     args = parser.parse_args()
 
     workspace = Path(tempfile.mkdtemp(prefix="mnist-dvc-bench-"))
@@ -156,12 +232,30 @@ def main() -> None:
         mirrors = [mirror if "://" in mirror else str(Path(mirror).resolve()) for mirror in args.mirror]
         stages = prepare(repo, args.dataset, mirrors, args.set)
         results = []
-        for stage in stages:
-            results.append(run_stage(stage, repo, env, workspace / f"{stage}.log"))
-            print(f"{stage}: {results[-1].seconds:.1f} s", file=sys.stderr, flush=True)
+        with contextlib.ExitStack() as stack:
+            client, workers = None, []
+            if args.dask_workers:
+                from distributed import Client
+
+                cluster = stack.enter_context(dask_cluster(workspace / "cluster", args.dask_workers))
+                env["MNIST_DVC_DASK_SCHEDULER"] = cluster.address
+                workers = [worker.pid for worker in cluster.workers]
+                client = stack.enter_context(Client(cluster.address))
+                client.get_task_stream()  # the scheduler starts recording tasks
+            for stage in stages:
+                started = time.time()
+                result = run_stage(stage, repo, env, workspace / f"{stage}.log", workers)
+                if client is not None:
+                    result = dataclasses.replace(result, tasks=task_durations(client.get_task_stream(start=started)))
+                results.append(result)
+                print(f"{stage}: {result.seconds:.1f} s", file=sys.stderr, flush=True)
         metrics = json.loads((repo / "reports" / "metrics" / "test.json").read_text())
         selected = json.loads((repo / "data" / "models" / "multiclass" / "selected.json").read_text())["best"]
-        print(f"{args.dataset}, {os.cpu_count()} CPUs\n{report(args.dataset, results, metrics, selected)}")
+        where = f"a local Dask cluster of {args.dask_workers} workers" if args.dask_workers else "local threads"
+        print(f"{args.dataset}, {os.cpu_count()} CPUs, {where}\n{report(args.dataset, results, metrics, selected)}")
+        if args.dask_workers:
+            print(f"\nmodelled seconds on N workers (from {sum(len(r.tasks) for r in results)} tasks' durations)")
+            print(scaling_table(results, args.dask_workers))
     finally:
         if args.keep:
             print(f"scratch copy kept in {workspace}", file=sys.stderr)

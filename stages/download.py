@@ -10,9 +10,10 @@ from pathlib import Path
 from mnist_dvc.arrays import save_array
 from mnist_dvc.datasets import DATASETS, DataParams, DataSource, verify
 from mnist_dvc.files import write_json
+from mnist_dvc.messages import log
 from mnist_dvc.params import load_params
 from mnist_dvc.paths import RAW_DIR, display_path, user_root
-from mnist_dvc.runner import log, run_stage
+from mnist_dvc.runner import run_stage
 
 
 def cache_dir() -> Path:

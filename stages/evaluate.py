@@ -21,6 +21,7 @@ from mnist_dvc.denoise import TEST_STREAM, mean_absolute_error, noisy_pixels
 from mnist_dvc.features import ShiftAugmented
 from mnist_dvc.figures import new_figure, plot_confusion_matrices, plot_denoising, save_figure
 from mnist_dvc.files import json_number, json_value, read_json, write_bytes, write_csv, write_json
+from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
     MULTILABEL_NAMES,
@@ -57,9 +58,9 @@ from mnist_dvc.report import (
     per_class_metrics,
     render_report,
 )
-from mnist_dvc.runner import UserError, log, n_jobs, run_stage
+from mnist_dvc.runner import run_stage
 from mnist_dvc.schema import BinaryParams, DenoiseParams, MulticlassModels, MulticlassParams, MultilabelParams
-from mnist_dvc.tasks import Task, run_tasks
+from mnist_dvc.workers import Job, run_jobs
 
 # The deployed SGD carries the threshold chosen in training (train_binary.thresholded_sgd).
 BINARY_MODELS = {"sgd": FixedThresholdClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
@@ -235,15 +236,15 @@ def main() -> None:
 
     noisy = noisy_pixels(images, denoise.noise, denoise.seed, TEST_STREAM)
     binary_features = to_features(images, BINARY_FEATURES_DTYPE)
-    # Every model's predictions as one task each, the longest first (benchmarks/run_full.py on Fashion-MNIST).
-    tasks: dict[str, Task] = {
-        "denoiser": (clean_images, (denoiser, noisy)),
-        "multilabel": (knn.predict, (features,)),
-        **{f"multiclass.{name}": (model.predict, (features,)) for name, model in multiclass_models.items()},
-        **{f"binary.{name}": (binary_outputs, (model, binary_features)) for name, model in binary_models.items()},
-    }
-    log(f"scoring the test set: {len(tasks)} models on {n_jobs()} workers")
-    outputs = dict(zip(tasks, run_tasks(list(tasks.values())), strict=True))
+    # Every model's predictions as one job each, the longest first (benchmarks/run_full.py on Fashion-MNIST).
+    jobs: list[Job] = [
+        ("denoiser", clean_images, (denoiser, noisy)),
+        ("multilabel", knn.predict, (features,)),
+        *[(f"multiclass.{name}", model.predict, (features,)) for name, model in multiclass_models.items()],
+        *[(f"binary.{name}", binary_outputs, (model, binary_features)) for name, model in binary_models.items()],
+    ]
+    log(f"scoring the test set with {len(jobs)} models")
+    outputs = dict(zip([name for name, _, _ in jobs], run_jobs(jobs), strict=True))
     binary_scored = {name: outputs[f"binary.{name}"] for name in binary_models}
     predictions = {name: outputs[f"multiclass.{name}"] for name in multiclass_models}
     write_predictions(target, labels, binary_scored, predictions, outputs["multilabel"])

@@ -12,9 +12,10 @@ from sklearn.model_selection import train_test_split
 from mnist_dvc.arrays import load_dataset_info, load_labelled_images, save_array
 from mnist_dvc.figures import new_figure, plot_digit_grid, save_figure
 from mnist_dvc.files import write_json
+from mnist_dvc.messages import UserError, log
 from mnist_dvc.params import load_params
 from mnist_dvc.paths import DATA_OVERVIEW_FILE, FIGURES_DIR, RAW_DIR, SPLIT_DIR, display_path
-from mnist_dvc.runner import UserError, log, run_stage
+from mnist_dvc.runner import run_stage
 from mnist_dvc.schema import SplitParams
 
 OVERVIEW_FIGURES = FIGURES_DIR / "data"

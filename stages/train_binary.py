@@ -17,6 +17,7 @@ from mnist_dvc.arrays import first_n, load_class_names, load_split, to_features
 from mnist_dvc.curves import point_at_threshold, write_binary_curves
 from mnist_dvc.figures import plot_precision_recall_vs_threshold, save_figure
 from mnist_dvc.files import write_json
+from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
     binary_metrics,
@@ -30,7 +31,7 @@ from mnist_dvc.metrics import (
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, check_folds, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR
-from mnist_dvc.runner import UserError, log, refused_by_estimator, run_stage
+from mnist_dvc.runner import refused_by_estimator, run_stage
 from mnist_dvc.schema import BinaryParams
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
-import time
 from typing import Any
 
 import numpy as np
@@ -25,13 +24,14 @@ from mnist_dvc.arrays import first_n, load_class_names, load_split, to_features
 from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented
 from mnist_dvc.figures import plot_confusion_matrices, plot_digit_grid, save_figure
 from mnist_dvc.files import write_json
+from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import best_model, rounded
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR, SELECTED_FILE
-from mnist_dvc.runner import UserError, log, n_jobs, refused_by_estimator, run_stage
+from mnist_dvc.runner import refused_by_estimator, run_stage
 from mnist_dvc.schema import HogSVCParams, MulticlassModels, MulticlassParams, MulticlassSGDParams, SVCParams
-from mnist_dvc.tasks import Task, run_tasks
+from mnist_dvc.workers import Job, run_jobs
 
 
 def pca(components: int | None, seed: int | None = None) -> list[tuple[str, Any]]:
@@ -177,22 +177,18 @@ def split_per_image_steps(model: Any) -> tuple[Pipeline | None, Any]:
     return Pipeline(steps[:n_per_image]), Pipeline(steps[n_per_image:])
 
 
-def fit_and_predict(name: str, model: Any, fit_on: tuple[np.ndarray, np.ndarray], images: np.ndarray) -> tuple:
-    """One task: a clone of `model` fitted on `fit_on`, and its predictions for `images`."""
-    started = time.perf_counter()
+def fit_and_predict(name: str, model: Any, features: np.ndarray, labels: np.ndarray, images: np.ndarray) -> tuple:
+    """One job: a clone of `model` fitted on `features` and `labels`, and its predictions for `images`."""
     with refused_by_estimator(f"multiclass.models.{name}"):
-        fitted = clone(model).fit(*fit_on)
-        predicted = fitted.predict(images)
-    log(f"{name}: fitted on {len(fit_on[1])} images, predicted {len(images)} ({time.perf_counter() - started:.0f} s)")
-    return fitted, predicted
+        fitted = clone(model).fit(features, labels)
+        return fitted, fitted.predict(images)
 
 
 def fit_and_predict_fold(
-    name: str, model: Any, inputs: np.ndarray, labels: np.ndarray, fold: tuple[np.ndarray, np.ndarray]
+    name: str, model: Any, inputs: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> tuple:
-    """One CV task: its rows are copied here, in the worker, so a fold's copies live only while it runs."""
-    train, test = fold
-    return fit_and_predict(name, model, (inputs[train], labels[train]), inputs[test])
+    """One CV job: its rows are copied here, in the worker, so a fold's copies live only while it runs."""
+    return fit_and_predict(name, model, inputs[train], labels[train], inputs[test])
 
 
 def fit_everything(
@@ -203,7 +199,7 @@ def fit_everything(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every model's final fit with its validation predictions, and its cross-validated predictions.
 
-    The final fits and the CV folds of all models are independent tasks for the workers, the final fits first: they
+    The final fits and the CV folds of all models are independent jobs for the workers, the final fits first: they
     are the longest. The CV predictions are assembled fold by fold, as `cross_val_predict` does. Each model's
     per-image steps run first, once, on its training and validation images; the saved model carries them.
     """
@@ -212,8 +208,8 @@ def fit_everything(
     (cv_labels,) = first_n(cv_max_samples, fit_labels)
     fold_indices = list(folds.split(np.zeros((len(cv_labels), 1)), cv_labels))
     per_image: dict[str, Pipeline] = {}
-    finals: list[Task] = []
-    fold_tasks: list[Task] = []
+    finals: list[Job] = []
+    fold_jobs: list[Job] = []
     for name, (model, fit_size) in models.items():
         steps, rest = split_per_image_steps(model)
         inputs, validation_inputs = fit_features, validation_images
@@ -224,11 +220,17 @@ def fit_everything(
             per_image[name] = steps = clone(steps)
             with refused_by_estimator(f"multiclass.models.{name}"):
                 inputs, validation_inputs = steps.fit_transform(inputs), steps.transform(validation_images)
-        finals.append((fit_and_predict, (name, rest, first_n(fit_size, inputs, fit_labels), validation_inputs)))
+        final_features, final_labels = first_n(fit_size, inputs, fit_labels)
+        finals.append(
+            (f"{name}: final fit", fit_and_predict, (name, rest, final_features, final_labels, validation_inputs))
+        )
         (cv_inputs,) = first_n(cv_max_samples, inputs)
-        fold_tasks += [(fit_and_predict_fold, (name, rest, cv_inputs, cv_labels, fold)) for fold in fold_indices]
-    log(f"{len(finals)} final fits and {len(fold_tasks)} CV folds on {n_jobs()} workers")
-    results = run_tasks(finals + fold_tasks)
+        fold_jobs += [
+            (f"{name}: CV fold {i}", fit_and_predict_fold, (name, rest, cv_inputs, cv_labels, *fold))
+            for i, fold in enumerate(fold_indices, start=1)
+        ]
+    log(f"{len(finals)} final fits and {len(fold_jobs)} CV folds")
+    results = run_jobs(finals + fold_jobs)
     final_results, fold_results = results[: len(finals)], iter(results[len(finals) :])
     fitted = {
         name: Pipeline(per_image[name].steps + model.steps) if name in per_image else model

@@ -11,11 +11,12 @@ from sklearn.neighbors import KNeighborsClassifier
 from mnist_dvc.arrays import first_n, load_split, to_features
 from mnist_dvc.denoise import TRAIN_STREAM, clean_targets, noisy_pixels
 from mnist_dvc.files import write_json
+from mnist_dvc.messages import log
 from mnist_dvc.metrics import multilabel_f1, multilabel_targets
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, fold_train_size, load_params
 from mnist_dvc.paths import METRICS_DIR, MODELS_DIR
-from mnist_dvc.runner import log, refused_by_estimator, run_stage
+from mnist_dvc.runner import refused_by_estimator, run_stage
 from mnist_dvc.schema import DenoiseParams, KNNParams, MultilabelParams
 
 

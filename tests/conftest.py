@@ -9,11 +9,17 @@ import os
 # puts its variables in: the commands the tests start get the user's, and each stage applies the profile itself.
 USER_ENVIRONMENT = dict(os.environ)
 
-import mnist_dvc.numeric_profile  # noqa: F401
+import mnist_dvc.numeric_profile
 
+import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +76,93 @@ def copy_repo(destination: Path) -> Path:
 
 def dvc(args: list[str], cwd: Path, check: bool = True, **extra: str | None) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], cwd, check=check, **extra)
+
+
+# What a Dask worker needs to compute like a stage (numeric_profile.WORKER_ENVIRONMENT), as a mapping.
+PROFILE_ENVIRONMENT = dict(item.split("=") for item in mnist_dvc.numeric_profile.WORKER_ENVIRONMENT.split())
+
+
+@dataclass
+class DaskCluster:
+    """A Dask scheduler and workers started as real processes on 127.0.0.1."""
+
+    address: str
+    scheduler: subprocess.Popen
+    workers: list[subprocess.Popen]
+    folder: Path
+
+    def worker_pids(self) -> dict[str, int]:
+        """Each worker's address and the pid of the process that computes (the nanny's child)."""
+        from distributed import Client
+
+        with Client(self.address, timeout=20) as client:
+            return client.run(os.getpid)
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.scheduler]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in [*self.workers, self.scheduler]:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def start_process(args: list[str], folder: Path, log: str, **env: str | None) -> subprocess.Popen:
+    with open(folder / log, "w") as output:
+        return subprocess.Popen(
+            args, cwd=folder, env=tool_env(**env), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def start_worker(address: str, folder: Path, name: str, nanny: bool = True, **env: str | None) -> subprocess.Popen:
+    """`dask worker` in a folder of its own, outside any copy of the repo, with one thread."""
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    args = [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard", "--name", name]
+    args += ["--local-directory", str(folder / name)] + ([] if nanny else ["--no-nanny"])
+    return start_process(args, folder / name, "worker.log", **env)
+
+
+@contextmanager
+def dask_cluster(folder: Path, workers: int = 2, nanny: bool = True, **worker_env: str | None) -> Iterator[DaskCluster]:
+    """A scheduler on a free port of 127.0.0.1 and `workers` single-thread workers with the numeric profile's
+    environment (`worker_env` changes it), all real processes, stopped on exit."""
+    from distributed import Client
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scheduler_file = folder / "scheduler.json"
+    scheduler = start_process(
+        [
+            str(BIN / "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        folder,
+        "scheduler.log",
+    )
+    cluster = DaskCluster("", scheduler, [], folder)
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        cluster.address = json.loads(scheduler_file.read_text())["address"]
+        env = {**PROFILE_ENVIRONMENT, **worker_env}
+        cluster.workers = [
+            start_worker(cluster.address, folder, f"worker-{i}", nanny=nanny, **env) for i in range(workers)
+        ]
+        with Client(cluster.address, timeout=30) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ import yaml
 from conftest import ROOT, run
 from mnist_dvc import datasets, fetch, files, paths
 from mnist_dvc.fetch import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, IdxDataset, OpenML
-from mnist_dvc.runner import UserError
+from mnist_dvc.messages import UserError
 
 N_TRAIN = 20
 TEST_IMAGES = TEST_FILES[0]

@@ -14,8 +14,8 @@ import pytest
 
 from mnist_dvc.arrays import load_array, load_dataset_info, load_labelled_images, save_array
 from mnist_dvc.files import STALE_SECONDS, atomic_path, json_number, json_value, write_csv, write_json
+from mnist_dvc.messages import UserError
 from mnist_dvc.paths import ROOT
-from mnist_dvc.runner import UserError
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):

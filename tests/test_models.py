@@ -16,9 +16,9 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mnist_dvc.messages import UserError
 from mnist_dvc.models import canonical_skops, load_model, read_model, save_model
 from mnist_dvc.paths import ROOT
-from mnist_dvc.runner import UserError
 
 
 def fitted_model() -> object:

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from mnist_dvc.datasets import DataParams
+from mnist_dvc.messages import UserError
 from mnist_dvc.params import load_params
 from mnist_dvc.paths import ROOT
-from mnist_dvc.runner import UserError
 from mnist_dvc.schema import BinaryParams, ClassIndex, MulticlassParams, MultilabelParams, SplitParams
 
 

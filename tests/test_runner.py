@@ -8,19 +8,20 @@ import sys
 import pytest
 
 from conftest import ROOT, run
-from mnist_dvc import runner
-from mnist_dvc.runner import JOBS_VARIABLE, UserError
+from mnist_dvc import workers
+from mnist_dvc.messages import UserError
+from mnist_dvc.workers import JOBS_VARIABLE
 
 
 def test_workers_default_to_every_available_core(monkeypatch):
     monkeypatch.delenv(JOBS_VARIABLE, raising=False)
-    assert runner.n_jobs() == runner.available_cores()
+    assert workers.n_jobs() == workers.available_cores()
 
 
 def test_more_workers_than_cores_are_capped(monkeypatch, capsys):
     monkeypatch.setenv(JOBS_VARIABLE, "32")
-    monkeypatch.setattr(runner, "available_cores", lambda: 2)
-    assert runner.n_jobs() == 2
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    assert workers.n_jobs() == 2
     assert f"{JOBS_VARIABLE}=32, but only 2 cores are available: using 2" in capsys.readouterr().err
 
 
@@ -28,7 +29,7 @@ def test_more_workers_than_cores_are_capped(monkeypatch, capsys):
 def test_a_bad_worker_count_is_named(monkeypatch, value):
     monkeypatch.setenv(JOBS_VARIABLE, value)
     with pytest.raises(UserError, match=f"{JOBS_VARIABLE}={value!r}: expected a whole number of workers, at least 1"):
-        runner.n_jobs()
+        workers.n_jobs()
 
 
 STAGE = """
@@ -37,7 +38,8 @@ sys.path.insert(0, "stages")
 import mnist_dvc.numeric_profile
 import numpy
 from joblib import Parallel, delayed
-from mnist_dvc.runner import UserError, run_stage
+from mnist_dvc.messages import UserError
+from mnist_dvc.runner import run_stage
 
 def pools():
     from threadpoolctl import threadpool_info

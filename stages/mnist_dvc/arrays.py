@@ -8,8 +8,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mnist_dvc.files import atomic_path, read_json
+from mnist_dvc.messages import UserError
 from mnist_dvc.paths import SPLIT_DIR, display_path
-from mnist_dvc.runner import UserError
 
 SIDE = 28
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from mnist_dvc.fetch import Digests, IdxDataset, OpenML, SourceError, fetch_dataset, idx_size, pixel_rows_to_images
-from mnist_dvc.runner import UserError
+from mnist_dvc.messages import UserError
 from mnist_dvc.schema import Params
 
 DIGITS = tuple(str(digit) for digit in range(10))

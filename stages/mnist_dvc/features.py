@@ -18,6 +18,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mnist_dvc.arrays import SIDE
+from mnist_dvc.workers import map_in_order
 
 PIXELS = SIDE * SIDE
 CENTRE = (SIDE - 1) / 2  # pixel centres run from 0 to 27
@@ -160,17 +161,21 @@ def hog_images(images: np.ndarray, orientations: int, pixels_per_cell: int, cell
 
 
 def map_chunks(function: Callable[..., np.ndarray], images: np.ndarray, *args: Any, size: int = CHUNK) -> np.ndarray:
-    """`function` on chunks of `size` images (at most CHUNK), its results' rows written in order into one array.
+    """`function` on chunks of `size` images (at most CHUNK) on the stage's workers, its results' rows written in order
+    into one array.
 
-    Each image is computed alone, so the result does not depend on the chunks (tested), only the memory does: one
-    chunk's intermediates and the result, never the result twice as concatenating the chunks' results would.
+    Each image is computed alone, so the result does not depend on the chunks or the workers (tested), only the memory
+    does: a few chunks' intermediates and the result, never the result twice as concatenating the chunks' results
+    would. Inside a job (a model's predict on a worker) the chunks run one after the other.
     """
     size = max(1, min(size, CHUNK))
-    first = function(images[:size], *args)
+    starts = range(0, len(images), size)
+    results = map_in_order(function, [(images[start : start + size], *args) for start in starts])
+    first = next(results)
     result = np.empty((len(images), *first.shape[1:]), first.dtype)
-    result[:size] = first
-    for start in range(size, len(images), size):
-        result[start : start + size] = function(images[start : start + size], *args)
+    result[: len(first)] = first
+    for start, part in zip(starts[1:], results, strict=True):
+        result[start : start + len(part)] = part
     return result
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mnist_dvc.files import atomic_path, remove_stale_temporaries
-from mnist_dvc.runner import UserError, log
+from mnist_dvc.messages import UserError, log
 
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from mnist_dvc.messages import UserError
 from mnist_dvc.paths import display_path
-from mnist_dvc.runner import UserError
 
 STALE_SECONDS = 3600  # a temporary file untouched this long is a killed writer's, not a running one's
 

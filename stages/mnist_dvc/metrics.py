@@ -16,7 +16,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from mnist_dvc.runner import UserError
+from mnist_dvc.messages import UserError
 
 # The binary task's scores are reported as curves and a threshold: in float32, a dot product's last digits depend on
 # the CPU's BLAS kernel (measured: the threshold moved in its 7th digit under OPENBLAS_CORETYPE=Prescott), in float64

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from mnist_dvc.files import write_bytes
+from mnist_dvc.messages import UserError
 from mnist_dvc.paths import display_path
-from mnist_dvc.runner import UserError
 
 # skops trusts scikit-learn's estimators and numpy's arrays by default. These are the only other types the
 # pipeline's models contain (a forest's trees, the project's feature steps); a file naming anything else is refused.

@@ -41,6 +41,12 @@ NUMPY_DISABLE_VARIABLE = "NPY_DISABLE_CPU_FEATURES"
 # (`abm` is LZCNT, on Intel and AMD alike).
 REQUIRED_CPU_FLAGS = ("avx", "avx2", "fma", "bmi1", "bmi2", "abm", "f16c", "movbe")
 CPUINFO = Path("/proc/cpuinfo")
+# The environment that gives a process started by other means (a Dask worker) the profile.
+WORKER_ENVIRONMENT = (
+    f"{KERNEL_VARIABLE}={KERNEL} {NUMPY_ENABLE_VARIABLE}={NUMPY_DISPATCH} OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1"
+)
+# The libraries whose versions decide the bytes a stage's jobs compute.
+LIBRARIES = ("numpy", "scipy", "scikit-learn", "scikit-image", "joblib")
 MAY_DIFFER = "model files may differ from the committed ones in their last bits (predictions and reports should not)"
 
 
@@ -105,6 +111,7 @@ class Blas:
     implementation: str  # openblas, mkl, blis, ...
     kernel: str | None
     threads: int
+    version: str | None = None
 
     def __str__(self) -> str:
         threads = f"{self.threads} thread{'' if self.threads == 1 else 's'}"
@@ -121,6 +128,7 @@ def loaded_blas() -> list[Blas]:
             implementation=pool["internal_api"],
             kernel=pool.get("architecture"),
             threads=pool["num_threads"],
+            version=pool.get("version"),
         )
         for pool in threadpool_info()
         if pool["user_api"] == "blas"
@@ -146,6 +154,26 @@ def differences(blas: list[Blas], dispatch: list[str]) -> list[str]:
     if beyond:
         found.append(f"numpy dispatches to {', '.join(beyond)} beyond {NUMPY_DISPATCH}")
     return found
+
+
+def describe() -> dict[str, str]:
+    """What decides the bytes this process computes: Python's and the libraries' versions, each BLAS with its kernel
+    and thread count, numpy's dispatch. Loads numpy's and scipy's BLAS if they are not loaded yet.
+
+    A stage compares the description of every Dask worker with its own before sending work.
+    """
+    import importlib.metadata
+    import platform
+
+    import numpy  # noqa: F401  (loads its OpenBLAS)
+    import scipy.linalg  # noqa: F401  (loads its OpenBLAS)
+
+    description = {"Python": ".".join(platform.python_version_tuple()[:2])}
+    description |= {name: importlib.metadata.version(name) for name in LIBRARIES}
+    for blas in sorted(loaded_blas(), key=lambda blas: blas.library):
+        description[f"{blas.library}'s BLAS"] = f"{blas} {blas.version}"
+    description["numpy's dispatch"] = ", ".join(numpy_dispatch()) or "baseline only"
+    return description
 
 
 def report(status: Status) -> list[str]:

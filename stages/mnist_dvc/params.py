@@ -9,8 +9,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from mnist_dvc.messages import UserError
 from mnist_dvc.paths import PARAMS_FILE, display_path
-from mnist_dvc.runner import UserError
 
 Value = TypeVar("Value")
 

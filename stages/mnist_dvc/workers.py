@@ -1,0 +1,108 @@
+"""Where a stage's parallel work runs: threads of its own process, or the workers of a Dask cluster.
+
+Most of the heavy steps run on one core (an SVC's fit and predict, a KNN's search with BLAS pinned to one thread), so
+a stage keeps its workers busy by running independent jobs side by side: whole fits, CV folds, scorings of the test
+set, and scikit-learn's own loops (a forest's trees, `cross_val_predict`'s folds). Each job computes alone from its
+arguments, so the results depend neither on the worker count nor on the machines nor on the order jobs finish in;
+only the time does. That is why where the work runs is an environment variable, never a param.
+
+The workers reach joblib, and through it scikit-learn, with `parallel_config`, never through an estimator's
+`n_jobs`: skops would save that in the model files, and they would depend on the machine. Locally the workers are
+threads: the heavy steps release Python's lock, and a pool of processes would first spend 2-3 s importing
+scikit-learn in each worker, more than a whole stage's parallel work on the sample (measured: train_binary 7.9 s
+with processes, 5.6 s with threads).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from joblib import Parallel, delayed, parallel_config
+
+from mnist_dvc import cluster
+from mnist_dvc.messages import UserError, log
+
+JOBS_VARIABLE = "MNIST_DVC_JOBS"
+
+Job = tuple[str, Callable[..., Any], tuple[Any, ...]]  # a name for the progress lines, a function, its arguments
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def n_jobs() -> int:
+    """Local worker threads: `$MNIST_DVC_JOBS`, else every available core."""
+    cores = available_cores()
+    value = os.environ.get(JOBS_VARIABLE, "").strip()
+    if not value:
+        return cores
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{JOBS_VARIABLE}={value!r}: expected a whole number of workers, at least 1")
+    if int(value) > cores:
+        log(f"{JOBS_VARIABLE}={value}, but only {cores} cores are available: using {cores}")
+    return min(int(value), cores)
+
+
+@contextmanager
+def stage_workers() -> Iterator[None]:
+    """The block's joblib work on the stage's workers: the Dask cluster `$MNIST_DVC_DASK_SCHEDULER` names, else
+    `n_jobs()` threads of this process."""
+    address = cluster.scheduler_address()
+    if address is None:
+        with parallel_config(backend="threading", n_jobs=n_jobs()):
+            yield
+    else:
+        with cluster.connected(address):
+            yield
+
+
+def run_jobs(jobs: list[Job]) -> list[Any]:
+    """Each job on one of the stage's workers, a progress line as each ends; the results in the order of `jobs`.
+
+    Jobs start in the order given, one at a time as workers free up: list the longest first, so that no worker is
+    left with a long job at the end while the others idle. No n_jobs here: `stage_workers` decides the workers (one
+    thread means in order, in the calling thread). Inside a job, joblib runs nested loops serially.
+    """
+    calls = cluster.share_common_arrays([(function, args) for _, function, args in jobs])
+    results: list[Any] = [None] * len(jobs)
+    # Each job's arguments go as one tuple: joblib's Dask backend would send a large argument of its own to a single
+    # worker, and a job whose data died with that worker could not run again elsewhere.
+    outputs = Parallel(batch_size=1, return_as="generator_unordered")(
+        delayed(timed_job)(index, function, args) for index, (function, args) in enumerate(calls)
+    )
+    for done, (index, result, seconds, worker) in enumerate(outputs, start=1):
+        results[index] = result
+        where = f" on {worker}" if worker else ""
+        log(f"{jobs[index][0]}: {seconds:.1f} s{where} ({done} of {len(jobs)} done)")
+    return results
+
+
+def map_in_order(function: Callable[..., Any], calls: list[tuple[Any, ...]]) -> Iterator[Any]:
+    """`function(*args)` for each `args` on the stage's workers, the results in order as they come: for many short
+    jobs (chunks of images), without a progress line each. A few results wait at a time, not all of them."""
+    outputs = Parallel(return_as="generator")(
+        delayed(timed_job)(index, function, args) for index, args in enumerate(calls)
+    )
+    for _, result, _, _ in outputs:
+        yield result
+
+
+def timed_job(index: int, function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[int, Any, float, str]:
+    """One job, wherever it runs: its index, its result, its seconds, and the Dask worker it ran on ('' locally).
+
+    The job's own loops (a forest's trees, the one-vs-rest SVCs) run in it, serially, as in a local worker thread:
+    in a Dask worker, joblib would send them to the cluster as tasks of their own, and the worker would run more
+    tasks at once than it has threads.
+    """
+    started = time.perf_counter()
+    worker = cluster.this_worker()
+    if worker:
+        args = tuple(cluster.with_aligned_arrays(value) for value in args)
+    with parallel_config(backend="sequential"):
+        result = function(*args)
+    return index, result, time.perf_counter() - started, worker
