@@ -104,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    run_stage(main, __doc__, parallel=False)

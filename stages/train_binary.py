@@ -7,11 +7,12 @@ import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and sc
 from typing import Any
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import SGDClassifier
-from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, train_test_split
 
 from mnist_dvc.arrays import first_n, load_class_names, load_split, to_features
 from mnist_dvc.curves import point_at_threshold, write_binary_curves
@@ -33,6 +34,7 @@ from mnist_dvc.params import check_at_most, check_folds, load_params
 from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR
 from mnist_dvc.runner import refused_by_estimator, run_stage
 from mnist_dvc.schema import BinaryParams
+from mnist_dvc.workers import Job, run_jobs
 
 
 def build_models(params: BinaryParams) -> dict[str, Any]:
@@ -44,13 +46,53 @@ def build_models(params: BinaryParams) -> dict[str, Any]:
     }
 
 
-def out_of_sample_scores(name: str, model: Any, features: np.ndarray, target: np.ndarray, folds: Any) -> np.ndarray:
-    """Scores for every image in `features` from a model that did not see it (CV folds, or out-of-bag)."""
-    if name == "forest":
-        model.fit(features, target)
-        return oob_scores(model)
-    scores = cross_val_predict(model, features, target, cv=folds, method=score_method(model))
+def fold_scores(
+    name: str, model: Any, features: np.ndarray, target: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> np.ndarray:
+    """One CV job, as `cross_val_predict` does it: a clone fitted on the fold's training rows, its scores for 'yes'
+    on the others. The rows are copied here, in the worker, so a fold's copies live only while it runs."""
+    with refused_by_estimator(f"binary.{name}"):
+        fitted = clone(model).fit(features[train], target[train])
+        scores = getattr(fitted, score_method(fitted))(features[test])
     return scores if scores.ndim == 1 else scores[:, 1]
+
+
+def forest_scores(forest: RandomForestClassifier, features: np.ndarray, target: np.ndarray) -> tuple[Any, np.ndarray]:
+    """One job: the forest fitted, and its out-of-bag scores for every image it learned from."""
+    with refused_by_estimator("binary.forest"):
+        fitted = clone(forest).fit(features, target)
+    return fitted, oob_scores(fitted)
+
+
+def out_of_sample_scores(
+    models: dict[str, Any], features: np.ndarray, target: np.ndarray, params: BinaryParams
+) -> tuple[dict[str, np.ndarray], RandomForestClassifier, tuple[Any, dict[str, Any]]]:
+    """Scores for every training image from models that did not learn from it, as jobs on the stage's workers: the
+    forest's out-of-bag scores (on its first `max_train_samples` images), the CV folds of SGD and the dummy, and,
+    beside them, the deployed SGD with its threshold. Returns the scores, the fitted forest, and the deployed SGD.
+    """
+    forest_features, forest_target = first_n(params.forest.max_train_samples, features, target)
+    folds = list(StratifiedKFold(n_splits=params.cv_folds).split(features, target))
+    jobs: list[Job] = [
+        ("forest: out-of-bag scores", forest_scores, (models["forest"], forest_features, forest_target)),
+        ("sgd: threshold on held-out images", thresholded_sgd_job, (params, features, target)),
+    ]
+    for name in ("sgd", "dummy"):
+        jobs += [
+            (f"{name}: CV fold {i}", fold_scores, (name, models[name], features, target, *fold))
+            for i, fold in enumerate(folds, start=1)
+        ]
+    log(
+        f"out-of-sample scores: sgd and dummy by {params.cv_folds}-fold CV on {len(target)} images, the forest "
+        f"out-of-bag on {len(forest_target)}; sgd's threshold for precision {params.target_precision}"
+    )
+    (forest, forest_oob), deployed, *fold_results = run_jobs(jobs)
+    scores, fold_scored = {"forest": forest_oob}, iter(fold_results)
+    for name in ("sgd", "dummy"):
+        scores[name] = np.empty(len(target))
+        for _, test in folds:
+            scores[name][test] = next(fold_scored)
+    return scores, forest, deployed
 
 
 def oob_scores(forest: RandomForestClassifier) -> np.ndarray:
@@ -66,6 +108,11 @@ def oob_scores(forest: RandomForestClassifier) -> np.ndarray:
             "without an out-of-bag score (each was drawn into every tree): use more trees (100 is the default)"
         )
     return votes[:, 1]
+
+
+def thresholded_sgd_job(params: BinaryParams, features: np.ndarray, target: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    with refused_by_estimator("binary.sgd"):
+        return thresholded_sgd(params, features, target)
 
 
 def thresholded_sgd(params: BinaryParams, features: np.ndarray, target: np.ndarray) -> tuple[Any, dict[str, Any]]:
@@ -125,36 +172,28 @@ def main() -> None:
     features, target = to_features(images, BINARY_FEATURES_DTYPE), is_target(labels, params.digit)
     check_both_classes(target, params.digit, class_name, "training")
     check_folds("binary.cv_folds", params.cv_folds, target)
-    folds = StratifiedKFold(n_splits=params.cv_folds)
     log(f"'is it a {class_name}?': {target.sum()} of {len(target)} training images are positives")
+    # The forest is the slow one at full size: it may learn from the first N images only (all on the sample).
+    check_forest_subset(target[: params.forest.max_train_samples], params.forest.max_train_samples, class_name)
 
+    models = build_models(params)
+    scores, models["forest"], (models["sgd"], threshold_choice) = out_of_sample_scores(models, features, target, params)
+    with refused_by_estimator("binary.dummy"):
+        models["dummy"].fit(features, target)
     metrics: dict[str, Any] = {}
     scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     reached: dict[str, tuple[float, float] | None] = {}
-    models = build_models(params)
-    # The forest is the slow one at full size: it may learn from the first N images only (all on the sample).
-    subsets = {"forest": params.forest.max_train_samples}
-    check_forest_subset(target[: subsets["forest"]], params.forest.max_train_samples, class_name)
-    for name, model in models.items():
-        model_features, model_target = first_n(subsets.get(name), features, target)
-        log(
-            f"{name}: out-of-sample scores of {len(model_target)} images "
-            f"({'out-of-bag' if name == 'forest' else f'{params.cv_folds}-fold CV'})"
-        )
-        with refused_by_estimator(f"binary.{name}"):
-            scores = out_of_sample_scores(name, model, model_features, model_target, folds)
-            if name == "dummy":
-                model.fit(features, target)
-        scored[name] = model_target, scores
+    for name in ("sgd", "dummy", "forest"):
+        (model_target,) = first_n(params.forest.max_train_samples if name == "forest" else None, target)
+        scored[name] = model_target, scores[name]
         kind = "oob" if name == "forest" else "cv"
-        reached[name] = threshold_for_precision(model_target, scores, params.target_precision)
-        metrics[name] = {kind: evaluate_scores(model_target, scores, decision_cutoff(model), reached[name])}
+        reached[name] = threshold_for_precision(model_target, scores[name], params.target_precision)
+        metrics[name] = {
+            kind: evaluate_scores(model_target, scores[name], decision_cutoff(models[name]), reached[name])
+        }
         log(f"{name}: {metrics[name][kind]}")
-
-    log(f"sgd: choosing the threshold for precision {params.target_precision} on held-out training images")
-    with refused_by_estimator("binary.sgd"):
-        models["sgd"], metrics["sgd"]["threshold_choice"] = thresholded_sgd(params, features, target)
-    log(f"sgd: {metrics['sgd']['threshold_choice']}")
+    metrics["sgd"]["threshold_choice"] = threshold_choice
+    log(f"sgd: {threshold_choice}")
 
     # Outputs only once every model is fitted: a refused param leaves nothing behind.
     for name, model in models.items():

@@ -78,6 +78,20 @@ def dvc(args: list[str], cwd: Path, check: bool = True, **extra: str | None) -> 
     return run([sys.executable, "-m", "dvc", *args], cwd, check=check, **extra)
 
 
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory) -> Path:
+    """A fresh copy of the repo after a full `dvc repro -f`: read it, never change it."""
+    root = copy_repo(tmp_path_factory.mktemp("repo"))
+    dvc(["repro", "-f"], root)
+    return root
+
+
+@pytest.fixture
+def scratch(reproduced, tmp_path) -> Path:
+    """A copy of the reproduced repo (with its DVC cache and data) that a test may change."""
+    return Path(shutil.copytree(reproduced, tmp_path / "repo", symlinks=True))
+
+
 # What a Dask worker needs to compute like a stage (numeric_profile.WORKER_ENVIRONMENT), as a mapping.
 PROFILE_ENVIRONMENT = dict(item.split("=") for item in mnist_dvc.numeric_profile.WORKER_ENVIRONMENT.split())
 

@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,20 +21,6 @@ from conftest import ROOT, copy_repo, dvc, run, tool_env
 from mnist_dvc.models import read_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory) -> Path:
-    """A fresh copy of the repo after a full `dvc repro -f`."""
-    root = copy_repo(tmp_path_factory.mktemp("repo"))
-    dvc(["repro", "-f"], root)
-    return root
-
-
-@pytest.fixture
-def scratch(reproduced, tmp_path) -> Path:
-    """A copy of the reproduced repo (with its DVC cache) that a test may change."""
-    return Path(shutil.copytree(reproduced, tmp_path / "repo", symlinks=True))
 
 
 def lock_hashes(lock: dict) -> dict[str, str]:
@@ -227,29 +212,29 @@ def test_branches_with_different_params_give_a_metrics_diff(scratch):
     assert not any(key.startswith("multiclass") for key in changed)
 
 
-def test_queued_experiments_run_in_parallel_with_their_own_metrics(scratch):
-    for neighbours in (3, 7):
-        dvc(
-            ["exp", "run", "--queue", "-n", f"knn-{neighbours}", "-S", f"multilabel.knn.n_neighbors={neighbours}"],
-            scratch,
-        )
+def test_a_grid_sweep_through_the_queue_runs_every_experiment_with_its_own_metrics(scratch):
+    """DVC's own sweep syntax: a 2x2 grid queued at once, run two at a time."""
+    grid = ["-S", "multilabel.knn.n_neighbors=3,7", "-S", "multilabel.knn.weights=uniform,distance"]
+    dvc(["exp", "run", "--queue", *grid], scratch)
     dvc(["queue", "start", "-j", "2"], scratch)
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         status = dvc(["queue", "status"], scratch).stdout
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(3)
     dvc(["queue", "stop", "--kill"], scratch, check=False)
-    assert status.count("Success") == 2, status
+    assert status.count("Success") == 4, status
     shown = json.loads(dvc(["exp", "show", "--json"], scratch).stdout)
     results = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
             for revision in experiment["revs"]:
+                knn = revision["data"]["params"]["params.yaml"]["data"]["multilabel"]["knn"]
                 metrics = revision["data"]["metrics"]["reports/metrics/test.json"]["data"]
-                results[revision["name"]] = metrics["multilabel"]["knn"]["test"]["f1_macro"]
-    assert set(results) == {"knn-3", "knn-7"} and results["knn-3"] != results["knn-7"]
+                results[knn["n_neighbors"], knn["weights"]] = metrics["multilabel"]["knn"]["test"]["f1_macro"]
+    assert set(results) == {(k, w) for k in (3, 7) for w in ("uniform", "distance")}
+    assert results[3, "uniform"] != results[7, "uniform"] and results[3, "distance"] != results[7, "distance"]
 
 
 def test_a_stage_killed_midway_recovers_to_the_clean_lock(scratch):

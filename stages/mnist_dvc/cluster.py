@@ -71,10 +71,11 @@ def with_aligned_arrays(value: Any) -> Any:
     Dask hands a worker the arrays of a message in place, at whatever offset they sit in it, and a product of
     misaligned float32 arrays takes other code paths with other last bits (measured: PCA on data 9 bytes off a
     64-byte boundary gave other components than on aligned data; 4, 8, 16 or 32 bytes off gave the same). An aligned
-    array is kept as it is; any other object (a model) is copied whole, which copies its arrays into aligned memory.
+    array is kept as it is, a misaligned one copied in its own memory layout (C or Fortran order: a product's bits
+    depend on it too); any other object (a model) is copied whole, which copies its arrays the same way.
     """
     if isinstance(value, np.ndarray):
-        return value if value.flags.aligned else value.copy()
+        return value if value.flags.aligned else value.copy(order="K")
     if value is None or isinstance(value, (str, bytes, int, float)):
         return value
     return copy.deepcopy(value)

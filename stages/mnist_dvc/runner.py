@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from joblib import parallel_config
 from threadpoolctl import threadpool_limits
 
 from mnist_dvc import numeric_profile
@@ -24,12 +25,13 @@ def refused_by_estimator(key: str) -> Iterator[None]:
         raise UserError(f"params.yaml: {key}: scikit-learn refused it on this data ({reason})") from None
 
 
-def run_stage(main: Callable[[], None], description: str) -> None:
+def run_stage(main: Callable[[], None], description: str, parallel: bool = True) -> None:
     """Entry point of every stage: `--help`, then `main()` under the numeric profile, on the stage's workers.
 
     The profile was applied when the stage imported `numeric_profile`, before numpy loaded; here, with every library
     loaded, the stage says in one line if it is not in force. BLAS and OpenMP keep one thread in this process and so
-    in its worker threads. A user error ends the stage with one line and exit code 1.
+    in its worker threads. A stage with no parallel work (`parallel=False`) runs in its own thread only, and so never
+    connects to a cluster. A user error ends the stage with one line and exit code 1.
     """
     argparse.ArgumentParser(description=description).parse_args()
     try:
@@ -38,7 +40,7 @@ def run_stage(main: Callable[[], None], description: str) -> None:
         with threadpool_limits(limits=1):
             for line in numeric_profile.report(numeric_profile.STATUS):
                 log(line)
-            with stage_workers():
+            with stage_workers() if parallel else parallel_config(backend="sequential"):
                 main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
