@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, dvc, run
 
 WORKFLOW = ROOT / ".github/workflows/reproduce.yml"
+TASKS = ("binary", "multiclass", "multilabel")
 
 
 def pr_check(root: Path, base: str) -> tuple[int, str]:
@@ -53,8 +54,8 @@ def test_the_check_pulls_from_a_remote_when_one_is_configured(scratch, tmp_path)
     dvc(["remote", "add", "-d", "team", str(tmp_path / "store")], scratch)
     dvc(["push"], scratch)
     run(["git", "commit", "-qam", "share results"], scratch)
-    shutil.rmtree(scratch / ".dvc/cache")
-    shutil.rmtree(scratch / "data")
+    for outputs in [".dvc/cache", "data/raw", "data/split", *(f"data/models/{task}" for task in TASKS)]:
+        shutil.rmtree(scratch / outputs)
     code, comment = pr_check(scratch, "HEAD")
     assert code == 0, comment
     assert "Data and models were pulled from the DVC remote." in comment

@@ -1,14 +1,14 @@
 """A stage's parallel work on a Dask cluster: `MNIST_DVC_DASK_SCHEDULER=tcp://host:8786`, through joblib's Dask backend.
 
 The stage process still reads its inputs and writes its outputs; joblib's work (`workers.run_jobs`, and
-scikit-learn's own loops: CV folds, a forest's trees) goes to the cluster's workers. The results are the bytes a local
+scikit-learn's own loops: `cross_val_predict`'s folds) goes to the cluster's workers. The results are the bytes a local
 run gives, because each job computes alone and every worker computes like the stage: before any work is sent the stage
 uploads its own package (workers need only the pinned requirements, not a clone of the repo) and asks every worker
 for its numeric profile and library versions, refusing a cluster where one would compute other bytes.
 
 Faults: a scheduler that does not answer is named within `CONNECT_SECONDS`; a worker that dies is survived, as Dask
-runs its jobs again elsewhere and the large arrays are on every worker; a cluster left without any worker for
-`NO_WORKER_SECONDS` stops the stage with a message instead of waiting forever.
+runs its jobs again elsewhere and can send their inputs again (`share_common_arrays`); a cluster left without any
+worker for `NO_WORKER_SECONDS` stops the stage with a message instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from joblib import effective_n_jobs
 
 from mnist_dvc import numeric_profile
 from mnist_dvc.messages import UserError, log
@@ -180,6 +181,14 @@ def _prepare_workers(client: Any, address: str) -> int:
     return sum(client.nthreads().values())
 
 
+def _workers(client: Any) -> int:
+    """How many workers the cluster has now; 0 when the scheduler does not answer."""
+    try:
+        return len(client.nthreads()) if client.status == "running" else 0
+    except Exception:  # the scheduler has gone: the client cannot ask it, whatever the error
+        return 0
+
+
 @contextmanager
 def _watched(client: Any, address: str) -> Iterator[None]:
     """Stop the stage, with a message, once the cluster has had no worker (or no scheduler) for NO_WORKER_SECONDS.
@@ -192,11 +201,7 @@ def _watched(client: Any, address: str) -> Iterator[None]:
     def watch() -> None:
         empty_since: float | None = None
         while not stop.wait(1.0):
-            try:
-                workers = len(client.nthreads()) if client.status == "running" else 0
-            except Exception:  # the scheduler has gone: the client cannot ask it
-                workers = 0
-            if workers:
+            if _workers(client):
                 empty_since = None
             elif empty_since is None:
                 empty_since = time.monotonic()
@@ -209,8 +214,9 @@ def _watched(client: Any, address: str) -> Iterator[None]:
     watcher.start()
     try:
         yield
-    except KeyboardInterrupt:
-        if gone.is_set():
+    except (KeyboardInterrupt, TimeoutError) as error:
+        # joblib's Dask backend raises TimeoutError when it has found no worker for `wait_for_workers_timeout`.
+        if gone.is_set() or (isinstance(error, TimeoutError) and not _workers(client)):
             raise UserError(
                 f"{SCHEDULER_VARIABLE}={address}: the cluster has had no worker (or no scheduler) for "
                 f"{NO_WORKER_SECONDS} s, so the stage stopped and wrote nothing: start workers as "
@@ -235,25 +241,35 @@ def connected(address: str) -> Iterator[None]:
         threads = _prepare_workers(client, address)
         _client = client
         log(f"{SCHEDULER_VARIABLE}={address}: {len(client.nthreads())} workers with {threads} threads, all checked")
+        if threads == 1:
+            log("a single worker thread: joblib runs the jobs in this process, not on the cluster (start more workers)")
         # A job's own inputs (evaluate's models) travel inside its graph on purpose (see share_common_arrays): no
         # warning about graphs of a few hundred MB.
         quiet = {"distributed.admin.large-graph-warning-threshold": "4GiB"}
-        with _watched(client, address), dask.config.set(quiet), parallel_config(backend="dask", client=client):
+        dask_backend = parallel_config(backend="dask", client=client, wait_for_workers_timeout=NO_WORKER_SECONDS)
+        with _watched(client, address), dask.config.set(quiet), dask_backend:
             yield
     finally:
         _client = None
         client.close()
 
 
-def share_common_arrays(calls: list[Call]) -> list[Call]:
-    """On a cluster, each large array that several calls take sent once to every worker, and the calls given its
-    future instead; anything else travels inside its call.
+def shared_array(array: np.ndarray) -> np.ndarray:
+    """The task that hands a shared array to the cluster: the array, aligned, on the worker that runs it."""
+    return with_aligned_arrays(array)
 
-    On every worker, not on one: a worker that dies takes nothing with it that the others need, and Dask runs its
-    jobs again elsewhere (data sent to one worker only is lost with it, and so are the jobs that needed it).
+
+def share_common_arrays(calls: list[Call]) -> list[Call]:
+    """On a cluster, each large array that several calls take sent once, as the result of a task of its own, and the
+    calls given its future instead; anything else travels inside its call.
+
+    A worker that needs the array fetches it once from a worker that has it, not once per job. A task, not
+    `Client.scatter`: if the worker holding the only copy dies, the scheduler runs the task again, while scattered
+    data is lost with it, and so are the jobs that needed it (measured: Dask's memory manager keeps one replica of a
+    broadcast array, and killing its holder cancelled the jobs with "lost dependencies").
     """
-    if _client is None:
-        return calls
+    if _client is None or effective_n_jobs(None) <= 1:
+        return calls  # with a single worker thread, joblib runs the calls here, in the stage: no futures for them
     uses = Counter(identity for _, args in calls for identity in {id(value) for value in args})
     shared: dict[int, Any] = {}
 
@@ -261,7 +277,7 @@ def share_common_arrays(calls: list[Call]) -> list[Call]:
         if not isinstance(value, np.ndarray) or value.nbytes < SHARED_ARRAY_BYTES or uses[id(value)] < 2:
             return value
         if id(value) not in shared:
-            shared[id(value)] = _client.scatter(value, broadcast=True, hash=False)
+            shared[id(value)] = _client.submit(shared_array, value, pure=False)
         return shared[id(value)]
 
     return [(function, tuple(share(value) for value in args)) for function, args in calls]
