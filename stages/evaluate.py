@@ -1,26 +1,29 @@
-"""Stage `evaluate`: every trained model on the held-out test set; metrics, curves, error analysis."""
+"""Stage `evaluate`: every trained model on the held-out test set.
+
+Writes the test metrics, every model's answer for every test image, the data behind the test-set figures (curves,
+confusion, per-class metrics) and the first cleaned test images; the `report` stage draws them.
+"""
 
 from __future__ import annotations
 
 import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 
-from mnist_dvc.arrays import SIDE, load_class_names, load_split, to_features
-from mnist_dvc.curves import write_binary_curves
+from mnist_dvc.arrays import SIDE, load_class_names, load_split, save_array, to_features
+from mnist_dvc.curves import CURVE_MODELS, write_curves
 from mnist_dvc.denoise import TEST_STREAM, mean_absolute_error, noisy_pixels
 from mnist_dvc.features import ShiftAugmented
-from mnist_dvc.figures import new_figure, plot_confusion_matrices, plot_denoising, save_figure
-from mnist_dvc.files import json_number, json_value, read_json, write_bytes, write_csv, write_json
+from mnist_dvc.files import write_csv, write_json
+from mnist_dvc.manifest import read_manifest
 from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
@@ -31,6 +34,7 @@ from mnist_dvc.metrics import (
     is_target,
     multilabel_f1,
     multilabel_targets,
+    per_class_metrics,
     positive_scores,
     proportion_with_interval,
     rounded,
@@ -38,28 +42,9 @@ from mnist_dvc.metrics import (
 )
 from mnist_dvc.models import load_model
 from mnist_dvc.params import load_params
-from mnist_dvc.paths import (
-    DATA_OVERVIEW_FILE,
-    FIGURES_DIR,
-    METRICS_DIR,
-    MODELS_DIR,
-    PLOTS_DIR,
-    PREDICTIONS_DIR,
-    REPORT_FILE,
-    SELECTED_FILE,
-    display_path,
-)
-from mnist_dvc.report import (
-    BINARY_NAMES,
-    binary_section,
-    data_section,
-    multiclass_section,
-    multilabel_section,
-    per_class_metrics,
-    render_report,
-)
+from mnist_dvc.paths import DENOISED_FILE, METRICS_DIR, MODELS_DIR, PLOTS_DIR, PREDICTIONS_DIR, display_path
 from mnist_dvc.runner import run_stage
-from mnist_dvc.schema import BinaryParams, DenoiseParams, MulticlassModels, MulticlassParams, MultilabelParams
+from mnist_dvc.schema import ClassIndex, NoiseAmplitude, Probability, Seed
 from mnist_dvc.workers import Job, run_jobs
 
 # The deployed SGD carries the threshold chosen in training (train_binary.thresholded_sgd).
@@ -67,8 +52,7 @@ BINARY_MODELS = {"sgd": FixedThresholdClassifier, "dummy": DummyClassifier, "for
 THRESHOLDED_SGD = "sgd_at_target_precision"  # its answers' column in the predictions file
 MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
 N_PIXELS = SIDE * SIDE
-MISCLASSIFIED_SHOWN = 40
-DENOISED_SHOWN = 10
+DENOISED_SHOWN = 10  # test images the report shows noisy and cleaned
 DENOISE_CHUNK = 250  # test images cleaned at once: about 400 MB
 
 
@@ -115,48 +99,6 @@ def threshold_results(
     return results
 
 
-def plot_misclassified(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> Any:
-    all_wrong = np.flatnonzero(truth != predicted)
-    wrong = all_wrong[:MISCLASSIFIED_SHOWN]
-    columns = 10
-    rows = max(1, -(-len(wrong) // columns))
-    figure, axes = new_figure(rows, columns, figsize=(columns * 0.9, rows * 1.05), squeeze=False)
-    for axis in axes.ravel():
-        axis.axis("off")
-    for axis, index in zip(axes.ravel(), wrong, strict=False):
-        axis.imshow(images[index], cmap="binary", interpolation="nearest")
-        axis.set_title(f"{class_names[truth[index]]} → {class_names[predicted[index]]}", fontsize=7)
-    shown = f"all {len(wrong)}" if len(wrong) == len(all_wrong) else f"the first {len(wrong)} of {len(all_wrong)}"
-    figure.suptitle(f"{shown} misclassified test images (true → predicted)", y=1.02)
-    return figure
-
-
-def read_training_results() -> tuple[dict[str, Any], list[str], tuple[str, int]]:
-    """The training stages' metrics (for the report), the multiclass models trained, the one chosen and how many
-    validation images chose it."""
-    training = {
-        task: json_value(path, read_json(path), task)
-        for task, path in (
-            ("binary", METRICS_DIR / "binary_cv.json"),
-            ("multiclass", METRICS_DIR / "multiclass_cv.json"),
-            ("multilabel", METRICS_DIR / "multilabel_cv.json"),
-        )
-    }
-    path = METRICS_DIR / "multiclass_cv.json"
-    names = training["multiclass"]
-    unknown = set(names) - set(MulticlassModels.model_fields) if isinstance(names, dict) else {"(not a mapping)"}
-    if not names or unknown:
-        raise UserError(
-            f"{display_path(path)}: expected CV results of the models {', '.join(MulticlassModels.model_fields)}"
-        )
-    selected = read_json(SELECTED_FILE)
-    best = json_value(SELECTED_FILE, selected, "best")
-    if best not in names:
-        raise UserError(f"{display_path(SELECTED_FILE)}: 'best' should name one of {', '.join(names)}, got {best!r}")
-    n_validation = json_number(SELECTED_FILE, selected, "validation_images")
-    return training, list(names), (best, int(n_validation))
-
-
 def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
     """Every model, each checked to be the kind its stage writes, before anything is written."""
     binary = {
@@ -176,14 +118,12 @@ def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, 
     return binary, multiclass, (knn, denoiser)
 
 
-def evaluate_denoiser(
-    images: np.ndarray, noisy: np.ndarray, cleaned: np.ndarray, params: DenoiseParams, figure: Path
-) -> dict[str, Any]:
-    """Mean absolute pixel error (0..255) of the cleaned test images, beside that of the noisy input itself."""
+def evaluate_denoiser(images: np.ndarray, noisy: np.ndarray, cleaned: np.ndarray) -> dict[str, Any]:
+    """Mean absolute pixel error (0..255) of the cleaned test images, beside that of the noisy input itself; the first
+    ones, noisy and cleaned, saved for the report."""
     noisy_scale = noisy * 255  # back on the pixels' scale
-    shown = [pixels[:DENOISED_SHOWN].reshape(-1, SIDE, SIDE) for pixels in (noisy_scale, cleaned, images)]
-    title = f"noise up to {params.noise} removed by KNN (k={params.n_neighbors}), first test images"
-    save_figure(figure, plot_denoising(*shown, title))
+    examples = np.stack([pixels[:DENOISED_SHOWN].reshape(-1, SIDE, SIDE) for pixels in (noisy_scale, cleaned)])
+    save_array(DENOISED_FILE, examples.astype(np.float32))
     return {
         "knn": {
             "test": {
@@ -217,12 +157,10 @@ def write_predictions(
 
 
 def main() -> None:
-    params = {
-        "binary": load_params("binary", BinaryParams),
-        "multiclass": load_params("multiclass", MulticlassParams),
-        "multilabel": load_params("multilabel", MultilabelParams),
-    }
-    digit, denoise = params["binary"].digit, params["multilabel"].denoise
+    digit = load_params("binary.digit", ClassIndex)
+    target_precision = load_params("binary.target_precision", Probability)
+    noise = load_params("multilabel.denoise.noise", NoiseAmplitude)
+    noise_seed = load_params("multilabel.denoise.seed", Seed)
     images, labels = load_split("test")
     class_names = load_class_names()
     if digit >= len(class_names):
@@ -230,11 +168,10 @@ def main() -> None:
     target = is_target(labels, digit)
     check_both_classes(target, digit, class_names[digit], "test")
     features = to_features(images)
-    training, multiclass_names, (best, n_validation) = read_training_results()
-    binary_models, multiclass_models, (knn, denoiser) = load_models(multiclass_names)
-    figures = FIGURES_DIR / "test"
+    manifest = read_manifest()
+    binary_models, multiclass_models, (knn, denoiser) = load_models(manifest.models)
 
-    noisy = noisy_pixels(images, denoise.noise, denoise.seed, TEST_STREAM)
+    noisy = noisy_pixels(images, noise, noise_seed, TEST_STREAM)
     binary_features = to_features(images, BINARY_FEATURES_DTYPE)
     # Every model's predictions as one job each, the longest first (benchmarks/run_full.py on Fashion-MNIST).
     jobs: list[Job] = [
@@ -249,21 +186,8 @@ def main() -> None:
     predictions = {name: outputs[f"multiclass.{name}"] for name in multiclass_models}
     write_predictions(target, labels, binary_scored, predictions, outputs["multilabel"])
 
-    binary = evaluate_binary(binary_scored, target, params["binary"].target_precision)
-    legends = {
-        "sgd": f"SGD (ROC AUC {binary['sgd']['test']['roc_auc']:.3f})",
-        "forest": f"random forest (ROC AUC {binary['forest']['test']['roc_auc']:.3f})",
-    }
-    question = f"'is it a {class_names[digit]}?'"
-    write_binary_curves(
-        {name: (target, binary_scored[name][0]) for name in legends},
-        legends,
-        "test",
-        figures / "binary_",
-        f"{question}, test set",
-        binary_models["sgd"].threshold,
-    )
-
+    binary = evaluate_binary(binary_scored, target, target_precision)
+    write_curves({name: (target, binary_scored[name][0]) for name in CURVE_MODELS}, "test")
     multiclass = {
         name: {
             "test": {
@@ -273,38 +197,23 @@ def main() -> None:
         }
         for name, predicted in predictions.items()
     }
+    chosen = manifest.chosen
     write_csv(
         PLOTS_DIR / "multiclass_test_confusion.csv",
-        {"actual": np.array(class_names)[labels], "predicted": np.array(class_names)[predictions[best]]},
+        {"actual": np.array(class_names)[labels], "predicted": np.array(class_names)[predictions[chosen]]},
     )
-    matrix = confusion_matrix(labels, predictions[best], labels=range(len(class_names)))
-    title = f"{MulticlassModels.describe(best)} on the test set (best by validation accuracy)"
-    save_figure(figures / "multiclass_confusion_matrices.png", plot_confusion_matrices(matrix, class_names, title))
-    save_figure(
-        figures / "multiclass_misclassified.png", plot_misclassified(images, labels, predictions[best], class_names)
-    )
-
-    multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), outputs["multilabel"])}}
-    multioutput = evaluate_denoiser(images, noisy, outputs["denoiser"], denoise, figures / "multioutput_denoising.png")
-
-    results = {"binary": binary, "multiclass": multiclass, "multilabel": multilabel, "multioutput": multioutput}
-    write_json(METRICS_DIR / "test.json", results)
-
-    per_class = per_class_metrics(labels, {best: predictions[best]}, class_names)
+    per_class = per_class_metrics(labels, {chosen: predictions[chosen]}, class_names)
     write_csv(
         PLOTS_DIR / "multiclass_test_per_class.csv",
-        {"class": np.array(class_names), **{metric: frame[best].to_numpy() for metric, frame in per_class.items()}},
+        {"class": np.array(class_names), **{metric: frame[chosen].to_numpy() for metric, frame in per_class.items()}},
     )
-    answers = {name: binary_scored[name][1] for name in BINARY_NAMES}
-    sections = [
-        data_section(read_json(DATA_OVERVIEW_FILE), n_validation),
-        binary_section(training["binary"], binary, question, target, answers),
-        multiclass_section(training["multiclass"], multiclass, best, labels, predictions, class_names),
-        multilabel_section(training["multilabel"], multilabel, multioutput["knn"]["test"]),
-    ]
-    report = render_report(sections, {key: section.model_dump() for key, section in params.items()})
-    write_bytes(REPORT_FILE, report.encode())
-    log(f"best multiclass model: {best}, test accuracy {multiclass[best]['test']['accuracy']:.4f}")
+    multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), outputs["multilabel"])}}
+    multioutput = evaluate_denoiser(images, noisy, outputs["denoiser"])
+    write_json(
+        METRICS_DIR / "test.json",
+        {"binary": binary, "multiclass": multiclass, "multilabel": multilabel, "multioutput": multioutput},
+    )
+    log(f"chosen multiclass model: {chosen}, test accuracy {multiclass[chosen]['test']['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

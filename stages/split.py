@@ -1,24 +1,19 @@
-"""Stage `split`: train/test split of data/raw/ into data/split/, and a first look at the data."""
+"""Stage `split`: train/test split of data/raw/ into data/split/, and the class counts of each part."""
 
 from __future__ import annotations
 
 import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
-from typing import Any
-
 import numpy as np
 from sklearn.model_selection import train_test_split
 
 from mnist_dvc.arrays import load_dataset_info, load_labelled_images, save_array
-from mnist_dvc.figures import new_figure, plot_digit_grid, save_figure
 from mnist_dvc.files import write_json
 from mnist_dvc.messages import UserError, log
 from mnist_dvc.params import load_params
-from mnist_dvc.paths import DATA_OVERVIEW_FILE, FIGURES_DIR, RAW_DIR, SPLIT_DIR, display_path
+from mnist_dvc.paths import DATA_OVERVIEW_FILE, RAW_DIR, SPLIT_DIR, display_path
 from mnist_dvc.runner import run_stage
 from mnist_dvc.schema import SplitParams
-
-OVERVIEW_FIGURES = FIGURES_DIR / "data"
 
 
 def split_dataset(
@@ -33,26 +28,6 @@ def split_dataset(
 def class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     counts = np.bincount(labels, minlength=len(class_names))
     return {name: int(count) for name, count in zip(class_names, counts, strict=True)}
-
-
-def plot_one_digit(image: np.ndarray, class_name: str) -> Any:
-    figure, axis = new_figure(figsize=(2.5, 2.5))
-    axis.imshow(image, cmap="binary", interpolation="nearest")
-    axis.set_title(f"first training image: {class_name}")
-    axis.axis("off")
-    return figure
-
-
-def plot_class_counts(train: dict[str, int], test: dict[str, int]) -> Any:
-    figure, axis = new_figure(figsize=(6, 3))
-    positions = np.arange(len(train))
-    axis.bar(positions - 0.2, list(train.values()), width=0.4, label="train")
-    axis.bar(positions + 0.2, list(test.values()), width=0.4, label="test")
-    axis.set_xticks(positions, list(train), rotation=30 if max(map(len, train)) > 2 else 0)
-    axis.set_ylabel("images")
-    axis.set_title("images per class")
-    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
-    return figure
 
 
 def canonical_test_start(test_start: int | None, n_images: int) -> int | None:
@@ -96,11 +71,6 @@ def main() -> None:
         DATA_OVERVIEW_FILE,
         {"dataset": info.name, "class_counts": {"train": train_counts, "test": test_counts}},
     )
-    save_figure(OVERVIEW_FIGURES / "first_image.png", plot_one_digit(train_images[0], class_names[train_labels[0]]))
-    save_figure(
-        OVERVIEW_FIGURES / "first_100_images.png", plot_digit_grid(train_images[:100], "the first 100 training images")
-    )
-    save_figure(OVERVIEW_FIGURES / "class_counts.png", plot_class_counts(train_counts, test_counts))
 
 
 if __name__ == "__main__":

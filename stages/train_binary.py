@@ -1,4 +1,8 @@
-"""Stage `train_binary`: 'is it a 5?' with SGD, a dummy baseline and a random forest, cross-validated."""
+"""Stage `train_binary`: 'is it a 5?' with SGD, a dummy baseline and a random forest, cross-validated.
+
+Writes the models, their cross-validated (and out-of-bag) metrics, and the data behind the `report` stage's binary
+figures: the curves for `dvc plots`, and every training image's out-of-sample scores.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,8 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, train_test_split
 
 from mnist_dvc.arrays import first_n, load_class_names, load_split, to_features
-from mnist_dvc.curves import point_at_threshold, write_binary_curves
-from mnist_dvc.figures import plot_precision_recall_vs_threshold, save_figure
-from mnist_dvc.files import write_json
+from mnist_dvc.curves import write_curves
+from mnist_dvc.files import write_csv, write_json
 from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
@@ -31,7 +34,7 @@ from mnist_dvc.metrics import (
 )
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, check_folds, load_params
-from mnist_dvc.paths import FIGURES_DIR, METRICS_DIR, MODELS_DIR
+from mnist_dvc.paths import BINARY_CV_SCORES_FILE, METRICS_DIR, MODELS_DIR
 from mnist_dvc.runner import refused_by_estimator, run_stage
 from mnist_dvc.schema import BinaryParams
 from mnist_dvc.workers import Job, run_jobs
@@ -182,15 +185,12 @@ def main() -> None:
         models["dummy"].fit(features, target)
     metrics: dict[str, Any] = {}
     scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    reached: dict[str, tuple[float, float] | None] = {}
     for name in ("sgd", "dummy", "forest"):
         (model_target,) = first_n(params.forest.max_train_samples if name == "forest" else None, target)
         scored[name] = model_target, scores[name]
         kind = "oob" if name == "forest" else "cv"
-        reached[name] = threshold_for_precision(model_target, scores[name], params.target_precision)
-        metrics[name] = {
-            kind: evaluate_scores(model_target, scores[name], decision_cutoff(models[name]), reached[name])
-        }
+        reached = threshold_for_precision(model_target, scores[name], params.target_precision)
+        metrics[name] = {kind: evaluate_scores(model_target, scores[name], decision_cutoff(models[name]), reached)}
         log(f"{name}: {metrics[name][kind]}")
     metrics["sgd"]["threshold_choice"] = threshold_choice
     log(f"sgd: {threshold_choice}")
@@ -200,22 +200,11 @@ def main() -> None:
         save_model(MODELS_DIR / "binary" / f"{name}.skops", model)
     write_json(METRICS_DIR / "binary_cv.json", {"binary": metrics})
 
-    question = f"'is it a {class_name}?'"
-    legends = {
-        "sgd": f"SGD, cross-validated (ROC AUC {metrics['sgd']['cv']['roc_auc']:.3f})",
-        "forest": f"random forest, out-of-bag (ROC AUC {metrics['forest']['oob']['roc_auc']:.3f})",
-    }
-    figures = FIGURES_DIR / "binary"
-    cv_threshold = None if reached["sgd"] is None else reached["sgd"][0]
-    title = f"{question}, training images scored by models that did not learn from them"
-    curve = write_binary_curves(scored, legends, "cv", figures / "cv_", title, cv_threshold)
-    point = None if cv_threshold is None else point_at_threshold(*scored["sgd"], cv_threshold)
-    save_figure(
-        figures / "cv_precision_recall_vs_threshold.png",
-        plot_precision_recall_vs_threshold(
-            curve["threshold"], curve["precision"], curve["recall"], point, f"SGD {question}, cross-validated scores"
-        ),
-    )
+    write_curves(scored, "cv")
+    forest_column = np.full(len(target), np.nan)  # the forest scores its first max_train_samples images only
+    forest_column[: len(scores["forest"])] = scores["forest"]
+    columns = {"truth": target.astype(np.int8), "sgd": scores["sgd"], "forest": forest_column}
+    write_csv(BINARY_CV_SCORES_FILE, columns, digits=9)  # enough for the report to find the same threshold
 
 
 if __name__ == "__main__":

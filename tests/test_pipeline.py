@@ -193,13 +193,31 @@ def test_a_changed_param_reruns_only_the_stages_that_read_it(scratch):
     params["multilabel"]["knn"]["n_neighbors"] = 3
     (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(dvc(["status", "--json"], scratch).stdout)
-    assert sorted(status) == ["evaluate", "train_multilabel"]  # evaluate shows the params in the report
-    assert ran_stages(dvc(["repro"], scratch).stdout) == ["train_multilabel", "evaluate"]
+    assert sorted(status) == ["report", "train_multilabel"]  # the report prints every param
+    assert ran_stages(dvc(["repro"], scratch).stdout) == ["train_multilabel", "evaluate", "report"]
 
 
 def test_exp_run_with_one_param_reruns_only_its_stages(scratch):
     result = dvc(["exp", "run", "-S", "binary.sgd.alpha=0.001"], scratch)
-    assert ran_stages(result.stdout) == ["train_binary", "evaluate"]
+    assert ran_stages(result.stdout) == ["train_binary", "evaluate", "report"]
+
+
+@pytest.mark.parametrize("module", ["figures.py", "report.py"])
+def test_a_change_to_a_figure_or_the_report_retrains_and_rescores_nothing(scratch, module):
+    code = scratch / "stages/mnist_dvc" / module
+    code.write_text(code.read_text() + "\n# a reworded comment\n")
+    assert sorted(json.loads(dvc(["status", "--json"], scratch).stdout)) == ["report"]
+    assert ran_stages(dvc(["repro"], scratch).stdout) == ["report"]
+    assert run(["git", "status", "--porcelain", "reports"], scratch).stdout == ""  # the same figures and page
+
+
+def test_more_cv_folds_retrain_but_rescore_nothing(scratch):
+    """The final fits do not depend on the folds, so the models come out the same and `evaluate` is skipped."""
+    params = scratch / "params.yaml"
+    params.write_text(
+        params.read_text().replace("  cv_folds: 3\n  cv_max_samples: 5000", "  cv_folds: 4\n  cv_max_samples: 5000")
+    )
+    assert ran_stages(dvc(["repro"], scratch).stdout) == ["train_multiclass", "report"]
 
 
 def test_branches_with_different_params_give_a_metrics_diff(scratch):

@@ -17,7 +17,19 @@ from mnist_dvc.datasets import DIGITS, FASHION
 pytestmark = pytest.mark.slow
 
 ALL_MODELS = {"svc_hog", "svc_ovo", "svc_ovr", "knn", "forest", "sgd"}
-STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate"]
+STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate", "report"]
+FIGURES = {
+    "data": ["class_counts", "first_100_images", "first_image"],
+    "binary": ["cv_precision_recall_vs_threshold", "cv_precision_vs_recall", "cv_roc"],
+    "multiclass": ["cv_confusion_matrices", "cv_most_confused_pair"],
+    "test": [
+        "binary_precision_vs_recall",
+        "binary_roc",
+        "multiclass_confusion_matrices",
+        "multiclass_misclassified",
+        "multioutput_denoising",
+    ],
+}
 
 
 def make_workspace(
@@ -90,14 +102,12 @@ def test_every_stage_has_help(stage):
     assert result.stdout.startswith("usage:") and "Stage `" in result.stdout
 
 
-def test_split_writes_arrays_counts_and_pictures(workspace):
+def test_split_writes_arrays_and_counts(workspace):
     train_images = np.load(workspace / "data/split/train_images.npy")
     assert train_images.shape == (480, 28, 28) and train_images.dtype == np.uint8
     assert np.load(workspace / "data/split/test_labels.npy").shape == (120,)
     overview = read_json(workspace / "reports/data_overview.json")
     assert overview["class_counts"]["test"] == {str(digit): 12 for digit in range(10)}
-    for name in ("first_image", "first_100_images", "class_counts"):
-        assert (workspace / f"reports/figures/data/{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
@@ -118,16 +128,21 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
     assert 0 < choice["recall"] <= 1
     header = (workspace / "reports/plots/binary_cv_pr_sgd.csv").read_text().splitlines()[0]
     assert header == "threshold,precision,recall"
+    scores = (workspace / "reports/plots/binary_cv_scores.csv").read_text().splitlines()
+    assert scores[0] == "truth,sgd,forest" and len(scores) == 481  # every training image, scored out of sample
 
 
 def test_train_multiclass_cross_validates_every_model(workspace):
     metrics = read_json(workspace / "reports/metrics/multiclass_cv.json")["multiclass"]
     assert set(metrics) == ALL_MODELS
     assert all(0 < m["validation"]["accuracy"] <= 1 for m in metrics.values())
-    selected = read_json(workspace / "data/models/multiclass/selected.json")["best"]
-    assert metrics[selected]["validation"]["accuracy"] == max(m["validation"]["accuracy"] for m in metrics.values())
+    manifest = read_json(workspace / "data/models/multiclass/manifest.json")
+    assert set(manifest["models"]) == ALL_MODELS and manifest["validation_images"] == 48
+    chosen = manifest["chosen"]
+    assert metrics[chosen]["validation"]["accuracy"] == max(m["validation"]["accuracy"] for m in metrics.values())
     assert max(m["cv"]["accuracy"] for m in metrics.values()) > 0.85
-    assert (workspace / "reports/figures/multiclass/cv_confusion_matrices.png").exists()
+    predictions = (workspace / "reports/plots/multiclass_cv_predictions.csv").read_text().splitlines()
+    assert predictions[0] == f"image,truth,{','.join(manifest['models'])}" and len(predictions) == 1 + 432
 
 
 def test_train_multilabel_reports_f1(workspace):
@@ -141,10 +156,21 @@ def test_evaluate_scores_every_model_on_the_test_set(workspace):
     assert set(metrics["multiclass"]) == ALL_MODELS
     denoised = metrics["multioutput"]["knn"]["test"]
     assert denoised["mean_abs_error"] < denoised["mean_abs_error_noisy"]
-    assert (workspace / "reports/figures/test/multioutput_denoising.png").read_bytes()[:4] == b"\x89PNG"
+    assert np.load(workspace / "data/evaluation/denoised_examples.npy").shape == (2, 10, 28, 28)
     assert metrics["multilabel"]["knn"]["test"]["f1_macro"] > 0.8
     confusion = (workspace / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 121
+
+
+def test_report_draws_every_figure_and_the_page(workspace):
+    for folder, names in FIGURES.items():
+        for name in names:
+            assert (workspace / f"reports/figures/{folder}/{name}.png").read_bytes()[:4] == b"\x89PNG", name
+    assert len(list((workspace / "reports/figures").rglob("*.png"))) == sum(map(len, FIGURES.values()))
+    report = (workspace / "reports/report.md").read_text()
+    assert report.startswith("# Results\n\nWritten by the `report` stage")
+    for section in ("data:", "split:", "binary:", "multiclass:", "multilabel:"):
+        assert f"\n{section}\n" in report  # every params section, as the run used it
 
 
 # --- bad input: a clear message naming the file or key, exit 1, nothing written -------------------
@@ -209,16 +235,17 @@ def without_class(root: Path, part: str, digit: int = 5) -> None:
         ),
         (swap_in_the_binary_sgd, "knn.skops: holds a FixedThresholdClassifier, expected a KNeighborsClassifier"),
         (
-            lambda root: (root / "data/models/multiclass/selected.json").write_text('{"best": "xgboost"}'),
-            "selected.json: 'best' should name one of svc_hog, svc_ovo, svc_ovr, knn, forest, sgd, got 'xgboost'",
+            lambda root: edit_json(root / "data/models/multiclass/manifest.json", lambda m: m.update(chosen="xgboost")),
+            "data/models/multiclass/manifest.json: not what train_multiclass writes (the file: Value error, 'chosen' "
+            "should name one of the models, got 'xgboost'; run `dvc repro`)",
         ),
         (
-            lambda root: (root / "reports/metrics/multiclass_cv.json").write_text('{"multiclass": ["sgd"]}'),
-            "multiclass_cv.json: expected CV results of the models",
+            lambda root: edit_json(root / "data/models/multiclass/manifest.json", lambda m: m.update(models=["xgb"])),
+            "manifest.json: not what train_multiclass writes (the file: Value error, unknown models ['xgb']",
         ),
         (
-            lambda root: (root / "data/models/multiclass/selected.json").write_text('{"best": "svc_hog"}'),
-            "data/models/multiclass/selected.json: missing key 'validation_images'",
+            lambda root: edit_json(root / "data/models/multiclass/manifest.json", lambda m: m.pop("validation_images")),
+            "manifest.json: not what train_multiclass writes (validation_images: Field required",
         ),
         (
             lambda root: without_class(root, "test"),
@@ -229,23 +256,89 @@ def without_class(root: Path, part: str, digit: int = 5) -> None:
         "untrusted-type",
         "wrong-model-kind",
         "unknown-choice",
-        "metrics-not-a-mapping",
-        "selection-incomplete",
+        "unknown-model",
+        "manifest-incomplete",
         "no-5s",
     ],
 )
 def test_bad_input_stops_evaluate_before_it_writes_anything(workspace, tmp_path, damage, expected):
     root = fresh_copy(workspace, tmp_path / "ws")
-    for output in [root / "reports/plots", root / "reports/figures/test"]:
-        shutil.rmtree(output)
+    shutil.rmtree(root / "reports/plots")
+    shutil.rmtree(root / "reports/predictions")
+    shutil.rmtree(root / "data/evaluation")
     (root / "reports/metrics/test.json").unlink()
-    (root / "reports/plots").mkdir()  # train_binary's curve files live beside evaluate's: keep the folder
+    (root / "reports/plots").mkdir()  # the training stages' plot data live beside evaluate's: keep the folder
     damage(root)
     result = run_stage(root, "evaluate", check=False)
     assert result.returncode == 1 and expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert list((root / "reports/plots").iterdir()) == []
-    assert not (root / "reports/figures/test").exists() and not (root / "reports/metrics/test.json").exists()
+    assert not (root / "reports/predictions").exists() and not (root / "data/evaluation").exists()
+    assert not (root / "reports/metrics/test.json").exists()
+
+
+def edit_first_row(path: Path, edit) -> None:
+    """A CSV file with its first data row edited as a list of cells."""
+    lines = path.read_text().split("\n")
+    lines[1] = ",".join(edit(lines[1].split(",")))
+    path.write_text("\n".join(lines))
+
+
+def misspell_a_section(root: Path) -> None:
+    params = root / "params.yaml"
+    params.write_text(params.read_text() + "multiclas:\n  cv_folds: 5\n")
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (misspell_a_section, "multiclas: unknown key (allowed: data, split, binary, multiclass, multilabel)"),
+        (
+            lambda root: (root / "reports/metrics/multiclass_cv.json").write_text('{"cv": {}}'),
+            "reports/metrics/multiclass_cv.json: missing key 'multiclass' (run `dvc repro` to rewrite it)",
+        ),
+        (
+            lambda root: (root / "reports/plots/binary_cv_scores.csv").write_text("truth,forest\n1,0.5\n"),
+            "reports/plots/binary_cv_scores.csv: missing the columns sgd (run `dvc repro` to rewrite it)",
+        ),
+        (
+            lambda root: (root / "reports/plots/multiclass_cv_predictions.csv").write_text("image\n\x00\x01"),
+            "reports/plots/multiclass_cv_predictions.csv: missing the columns truth",
+        ),
+        (
+            lambda root: edit_first_row(
+                root / "reports/predictions/multiclass.csv", lambda cells: ["seven", *cells[1:]]
+            ),
+            "reports/predictions/multiclass.csv: the columns truth should hold numbers",
+        ),
+        (
+            lambda root: edit_first_row(root / "reports/predictions/multiclass.csv", lambda cells: ["7", *cells]),
+            "reports/predictions/multiclass.csv: not a valid CSV file (Length of header or names does not match",
+        ),
+        (
+            lambda root: edit_first_row(root / "reports/plots/binary_cv_scores.csv", lambda cells: ["1", "", "0.5"]),
+            "reports/plots/binary_cv_scores.csv: the columns sgd have empty cells",
+        ),
+    ],
+    ids=[
+        "misspelled-section",
+        "metrics-of-another-task",
+        "scores-missing",
+        "predictions-garbled",
+        "not-numbers",
+        "row-too-long",
+        "empty-cell",
+    ],
+)
+def test_bad_input_stops_the_report_before_it_draws(workspace, tmp_path, damage, expected):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "reports/figures")
+    (root / "reports/report.md").unlink()
+    damage(root)
+    result = run_stage(root, "report", check=False)
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (root / "reports/figures").exists() and not (root / "reports/report.md").exists()
 
 
 def set_param(root: Path, value: object, *keys: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 import split
 import train_binary
@@ -71,17 +71,24 @@ def test_binary_scores_beat_the_dummy_on_real_digits(sample):
     images, labels = sample
     params = BinaryParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["binary"])
     features, target = images.reshape(len(images), -1) / 255, labels == params.digit
-    folds = StratifiedKFold(n_splits=3)
+    models = train_binary.build_models(params)
+    scores, forest, (deployed, _) = train_binary.out_of_sample_scores(models, features, target, params)
     results = {}
-    for name, model in train_binary.build_models(params).items():
-        scores = train_binary.out_of_sample_scores(name, model, features, target, folds)
-        assert scores.shape == (len(target),)
+    for name, model in {**models, "forest": forest}.items():
+        assert scores[name].shape == (len(target),)
         cutoff = metrics.decision_cutoff(model)
-        reached = metrics.threshold_for_precision(target, scores, params.target_precision)
-        results[name] = train_binary.evaluate_scores(target, scores, cutoff, reached)
+        reached = metrics.threshold_for_precision(target, scores[name], params.target_precision)
+        results[name] = train_binary.evaluate_scores(target, scores[name], cutoff, reached)
     assert results["dummy"]["accuracy"] == pytest.approx(0.9) and results["dummy"]["recall"] == 0
     assert results["sgd"]["roc_auc"] > 0.9 and results["forest"]["roc_auc"] > 0.9
     assert results["sgd"]["f1"] > results["dummy"]["f1"]
+    # The folds as jobs give what scikit-learn's cross_val_predict gives, to the bit.
+    folds = StratifiedKFold(n_splits=params.cv_folds)
+    expected = cross_val_predict(models["sgd"], features, target, cv=folds, method="decision_function")
+    assert scores["sgd"].tobytes() == expected.tobytes()
+    expected = cross_val_predict(models["dummy"], features, target, cv=folds, method="predict_proba")[:, 1]
+    assert scores["dummy"].tobytes() == expected.tobytes()
+    assert np.isclose(deployed.threshold, train_binary.thresholded_sgd(params, features, target)[0].threshold)
 
 
 def test_every_multiclass_model_learns_the_digits(sample):
@@ -156,7 +163,7 @@ def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tm
 def test_most_confused_pair_counts_both_directions():
     # 0 -> 1 is the largest single cell, but 1 and 2 are mixed up more in total (4 + 4)
     matrix = np.array([[9, 5, 0], [0, 8, 4], [0, 4, 7]])
-    assert train_multiclass.most_confused_pair(matrix) == (1, 2)
+    assert figures.most_confused_pair(matrix) == (1, 2)
 
 
 def test_the_best_model_has_the_highest_accuracy_and_a_tie_goes_to_the_cheaper():

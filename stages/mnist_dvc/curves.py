@@ -1,10 +1,8 @@
-"""The binary task's curves, written twice: as data for `dvc plots` and as PNG figures.
+"""The binary task's precision-recall and ROC curves, as data for `dvc plots` and for the `report` stage's figures.
 
-Why not dvclive's `log_sklearn_plot` for the data: it dumps every point of scikit-learn's curve at full float
-precision, so the committed file grows with the test set (tens of thousands of rows on full-size data) and its bytes
-change with the CPU's BLAS kernel. These CSVs are thinned to MAX_CURVE_POINTS and written at 4 significant digits.
-Why not `RocCurveDisplay.from_predictions` / `PrecisionRecallDisplay.from_predictions` for the PNGs: they recompute
-the full curve, while these figures draw exactly the points `dvc plots` shows.
+Why not dvclive's `log_sklearn_plot`: it dumps every point of scikit-learn's curve at full float precision, so the
+committed file grows with the test set (tens of thousands of rows on full-size data). These CSVs are thinned to
+MAX_CURVE_POINTS and written at 4 significant digits, and the figures draw exactly the points `dvc plots` shows.
 """
 
 from __future__ import annotations
@@ -13,47 +11,37 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_dvc.figures import plot_curves, save_figure
-from mnist_dvc.files import write_csv
+from mnist_dvc.files import read_csv, write_csv
 from mnist_dvc.metrics import precision_recall_columns, roc_columns
 from mnist_dvc.paths import PLOTS_DIR
 
+CURVE_MODELS = ("sgd", "forest")  # the dummy's curves are a diagonal and a point: not drawn
 
-def point_at_threshold(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Precision, recall (the true positive rate) and false positive rate of answering 'yes' from `threshold` on."""
-    chosen = scores >= threshold
+
+def curve_file(part: str, kind: str, model: str) -> Path:
+    """`part` is 'cv' (training images scored out of sample) or 'test'; `kind` 'pr' or 'roc'."""
+    return PLOTS_DIR / f"binary_{part}_{kind}_{model}.csv"
+
+
+def write_curves(scored: dict[str, tuple[np.ndarray, np.ndarray]], part: str) -> None:
+    """Precision-recall and ROC curves of SGD and the forest; `scored` maps a model to the truth and the scores of
+    the images it scored (a model fitted on fewer training images scores fewer)."""
+    for model in CURVE_MODELS:
+        write_csv(curve_file(part, "pr", model), precision_recall_columns(*scored[model]))
+        write_csv(curve_file(part, "roc", model), roc_columns(*scored[model]))
+
+
+def read_curve(part: str, kind: str, model: str) -> dict[str, np.ndarray]:
+    columns = ("threshold", "precision", "recall") if kind == "pr" else ("fpr", "tpr")
+    return read_csv(curve_file(part, kind, model), columns)
+
+
+def point_at_threshold(truth: np.ndarray, answers: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall (the true positive rate) and false positive rate of the answers 'yes' given from
+    `threshold` on, for the figures' mark."""
     return {
         "threshold": threshold,
-        "precision": float(truth[chosen].mean()) if chosen.any() else 1.0,
-        "recall": float(chosen[truth].mean()),
-        "fpr": float(chosen[~truth].mean()),
+        "precision": float(truth[answers].mean()) if answers.any() else 1.0,
+        "recall": float(answers[truth].mean()),
+        "fpr": float(answers[~truth].mean()),
     }
-
-
-def write_binary_curves(
-    scored: dict[str, tuple[np.ndarray, np.ndarray]],
-    legends: dict[str, str],
-    part: str,
-    figure_stem: Path,
-    title: str,
-    threshold: float | None,
-) -> dict[str, np.ndarray]:
-    """Precision-recall and ROC curves of `legends`' models: data for `dvc plots`, and PNGs; returns SGD's PR curve.
-
-    `scored` maps each model to the truth and the scores of the images it scored (a model fitted on fewer training
-    images scores fewer). SGD's point at `threshold` is marked on both figures. Data files are named after `part`
-    ('cv' or 'test'), figures start with `figure_stem`.
-    """
-    pr_curves, roc_curves = {}, {}
-    for name, legend in legends.items():
-        pr = precision_recall_columns(*scored[name])
-        roc = roc_columns(*scored[name])
-        write_csv(PLOTS_DIR / f"binary_{part}_pr_{name}.csv", pr)
-        write_csv(PLOTS_DIR / f"binary_{part}_roc_{name}.csv", roc)
-        pr_curves[legend] = (pr["recall"], pr["precision"])
-        roc_curves[legend] = (roc["fpr"], roc["tpr"])
-    point = None if threshold is None else point_at_threshold(*scored["sgd"], threshold)
-    pr_figure = plot_curves("precision_recall", pr_curves, f"precision vs recall, {title}", point)
-    save_figure(Path(f"{figure_stem}precision_vs_recall.png"), pr_figure)
-    save_figure(Path(f"{figure_stem}roc.png"), plot_curves("roc", roc_curves, f"ROC, {title}", point))
-    return precision_recall_columns(*scored["sgd"])

@@ -1,4 +1,5 @@
-"""Plotting shared by the stages: one style, byte-stable PNGs, the chapter's kinds of figure."""
+"""Every figure of `reports/figures/`, drawn by the `report` stage: one style, byte-stable PNGs, the chapter's kinds
+of figure. The data behind them comes from the other stages' outputs; nothing here trains or scores a model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from skimage.util import montage
 
 from mnist_dvc.files import write_bytes
 
@@ -30,12 +32,8 @@ def save_figure(path: Path, figure: Any) -> None:
 
 
 def digit_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """Tile images into one picture, `columns` per row; blank cells pad the last row."""
-    rows = -(-len(images) // columns)
-    padded = np.zeros((rows * columns, *images.shape[1:]), dtype=images.dtype)
-    padded[: len(images)] = images
-    height, width = images.shape[1:]
-    return padded.reshape(rows, columns, height, width).swapaxes(1, 2).reshape(rows * height, columns * width)
+    """Tile images into one picture, `columns` per row; blank cells pad the last row (skimage's `montage`)."""
+    return montage(images, grid_shape=(-(-len(images) // columns), columns), fill=0)
 
 
 def plot_digit_grid(images: np.ndarray, title: str, columns: int = 10) -> Any:
@@ -44,6 +42,26 @@ def plot_digit_grid(images: np.ndarray, title: str, columns: int = 10) -> Any:
         axis.imshow(digit_grid(images, columns), cmap="binary", interpolation="nearest")
     axis.set_title(title)
     axis.axis("off")
+    return figure
+
+
+def plot_one_digit(image: np.ndarray, class_name: str) -> Any:
+    figure, axis = new_figure(figsize=(2.5, 2.5))
+    axis.imshow(image, cmap="binary", interpolation="nearest")
+    axis.set_title(f"first training image: {class_name}")
+    axis.axis("off")
+    return figure
+
+
+def plot_class_counts(train: dict[str, int], test: dict[str, int]) -> Any:
+    figure, axis = new_figure(figsize=(6, 3))
+    positions = np.arange(len(train))
+    axis.bar(positions - 0.2, list(train.values()), width=0.4, label="train")
+    axis.bar(positions + 0.2, list(test.values()), width=0.4, label="test")
+    axis.set_xticks(positions, list(train), rotation=30 if max(map(len, train)) > 2 else 0)
+    axis.set_ylabel("images")
+    axis.set_title("images per class")
+    axis.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     return figure
 
 
@@ -133,6 +151,47 @@ def plot_confusion_matrices(matrix: np.ndarray, class_names: list[str], title: s
                 )
         figure.colorbar(image, ax=axis, fraction=0.046, label=unit)
     figure.suptitle(title)
+    return figure
+
+
+def most_confused_pair(matrix: np.ndarray) -> tuple[int, int]:
+    """The (true, predicted) pair of distinct classes mixed up most often, counting both directions."""
+    errors = matrix + matrix.T
+    np.fill_diagonal(errors, -1)
+    first, second = np.unravel_index(np.argmax(errors), errors.shape)
+    return int(min(first, second)), int(max(first, second))
+
+
+def plot_confused_pair(
+    images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, pair: tuple[int, int], class_names: list[str]
+) -> Any:
+    """The chapter's grid of a confused pair: rows a-as-a, a-as-b, b-as-a, b-as-b, ten images each."""
+    a, b = pair
+    rows = [images[(truth == t) & (predicted == p)][:10] for t, p in [(a, a), (a, b), (b, a), (b, b)]]
+    tiles = np.concatenate([np.concatenate([row, np.zeros((10 - len(row), 28, 28), np.uint8)]) for row in rows])
+    names = class_names[a], class_names[b]
+    title = (
+        f"rows: {names[0]} as {names[0]}, {names[0]} as {names[1]}, {names[1]} as {names[0]}, {names[1]} as {names[1]}"
+    )
+    return plot_digit_grid(tiles, title)
+
+
+def plot_misclassified(
+    images: np.ndarray, truth: np.ndarray, predicted: np.ndarray, class_names: list[str], shown: int = 40
+) -> Any:
+    """The first `shown` misclassified images, each titled true -> predicted."""
+    all_wrong = np.flatnonzero(truth != predicted)
+    wrong = all_wrong[:shown]
+    columns = 10
+    rows = max(1, -(-len(wrong) // columns))
+    figure, axes = new_figure(rows, columns, figsize=(columns * 0.9, rows * 1.05), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, index in zip(axes.ravel(), wrong, strict=False):
+        axis.imshow(images[index], cmap="binary", interpolation="nearest")
+        axis.set_title(f"{class_names[truth[index]]} → {class_names[predicted[index]]}", fontsize=7)
+    which = f"all {len(wrong)}" if len(wrong) == len(all_wrong) else f"the first {len(wrong)} of {len(all_wrong)}"
+    figure.suptitle(f"{which} misclassified test images (true → predicted)", y=1.02)
     return figure
 
 

@@ -9,7 +9,8 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,15 +124,38 @@ def json_number(path: Path, data: Any, keys: str, nullable: bool = False) -> flo
 
 
 def write_csv(path: Path, columns: dict[str, np.ndarray], digits: int = 4) -> None:
-    """Write equal-length columns as CSV; floats with `digits` significant digits, so the bytes are stable."""
-    names = list(columns)
-    rows = zip(*(columns[name] for name in names), strict=True)
-    lines = [",".join(names)]
-    lines += [",".join(_format_cell(cell, digits) for cell in row) for row in rows]
-    write_bytes(path, ("\n".join(lines) + "\n").encode())
+    """Equal-length columns as CSV (pandas); floats with `digits` significant digits, so the bytes are stable."""
+    import pandas as pd  # here, not above: most stages write no CSV
+
+    text = pd.DataFrame(columns).to_csv(index=False, float_format=f"%.{digits}g", lineterminator="\n")
+    write_bytes(path, text.encode())
 
 
-def _format_cell(cell: Any, digits: int) -> str:
-    if isinstance(cell, (float, np.floating)):
-        return f"{float(cell):.{digits}g}"
-    return str(cell)
+def read_csv(path: Path, columns: Sequence[str], text: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The named columns of a CSV a stage wrote, numbers except those in `text`; a missing, damaged or hand-edited
+    file is named with what is wrong, never a traceback."""
+    import pandas as pd
+
+    shown = display_path(path)
+    try:
+        with warnings.catch_warnings():
+            # A row longer than the header would otherwise shift a column into the index without a word.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, index_col=False)
+    except FileNotFoundError:
+        raise UserError(f"{shown}: file not found (run the stage that writes it: `dvc repro`)") from None
+    except OSError as error:
+        raise UserError(f"{shown}: cannot read it ({error.strerror})") from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{shown}: not a valid CSV file ({reason}; run `dvc repro` to rewrite it)") from None
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise UserError(f"{shown}: missing the columns {', '.join(missing)} (run `dvc repro` to rewrite it)")
+    wrong = [c for c in columns if c not in text and not pd.api.types.is_numeric_dtype(frame[c].dtype)]
+    if wrong:
+        raise UserError(f"{shown}: the columns {', '.join(wrong)} should hold numbers (run `dvc repro` to rewrite it)")
+    empty = [column for column in columns if frame[column].isna().any()]
+    if empty:
+        raise UserError(f"{shown}: the columns {', '.join(empty)} have empty cells (run `dvc repro` to rewrite it)")
+    return {column: frame[column].to_numpy() for column in columns}

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.stats import binomtest
 from sklearn.metrics import (
     accuracy_score,
     f1_score,
     precision_recall_curve,
+    precision_recall_fscore_support,
     precision_score,
     recall_score,
     roc_auc_score,
@@ -133,4 +135,18 @@ def multilabel_f1(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
         "f1_weighted": rounded(f1_score(truth, predicted, average="weighted")),
         **{f"f1_{label}": rounded(score) for label, score in zip(MULTILABEL_NAMES, per_label, strict=True)},
         "exact_match": rounded(accuracy_score(truth, predicted)),
+    }
+
+
+def per_class_metrics(
+    labels: np.ndarray, predictions: dict[str, np.ndarray], class_names: list[str]
+) -> dict[str, pd.DataFrame]:
+    """Precision, recall and F1 of every class (rows) for every model (columns)."""
+    scores = {
+        name: precision_recall_fscore_support(labels, predicted, labels=range(len(class_names)), zero_division=0)[:3]
+        for name, predicted in predictions.items()
+    }
+    return {
+        metric: pd.DataFrame({name: values[position] for name, values in scores.items()}, index=class_names)
+        for position, metric in enumerate(("precision", "recall", "F1"))
     }

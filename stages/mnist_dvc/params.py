@@ -11,6 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mnist_dvc.messages import UserError
 from mnist_dvc.paths import PARAMS_FILE, display_path
+from mnist_dvc.schema import AllParams
 
 Value = TypeVar("Value")
 
@@ -38,10 +39,10 @@ def _describe_errors(errors: list[Any], key: str, schema: Any) -> list[str]:
     lines: dict[str, list[str]] = {}
     for error in errors:
         keys, _ = _walk(schema, error["loc"])
-        path = ".".join([key, *keys])
+        path = ".".join(part for part in [key, *keys] if part)
         if error["type"] == "extra_forbidden":
             parent_keys, allowed = _walk(schema, error["loc"][:-1])
-            path = ".".join([key, *parent_keys, str(error["loc"][-1])])
+            path = ".".join(part for part in [key, *parent_keys, str(error["loc"][-1])] if part)
             lines.setdefault(f"{path}: unknown key (allowed: {', '.join(allowed)})", [])
         elif error["type"] == "missing":
             lines.setdefault(f"{path}: missing (required)", [])
@@ -62,12 +63,8 @@ def read_key(params: Any, key: str) -> Any:
     return node
 
 
-def load_params(key: str, schema: type[Value], params_file: Path = PARAMS_FILE) -> Value:
-    """Read one key of params.yaml (a section like `binary`, or one value like `binary.digit`) and validate it.
-
-    `dvc.yaml` declares the same keys for the stage, so a stage depends on exactly the params it reads.
-    """
-    path = params_file
+def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """params.yaml as a mapping of sections, or a message saying why it is not one."""
     try:
         params = yaml.safe_load(path.read_text())
     except OSError as error:
@@ -76,12 +73,30 @@ def load_params(key: str, schema: type[Value], params_file: Path = PARAMS_FILE) 
         raise UserError(f"{display_path(path)}: not valid YAML ({error})") from None
     if not isinstance(params, dict):
         raise UserError(f"{display_path(path)}: expected a mapping of sections (data, split, binary, ...)")
-    value = read_key(params, key)
+    return params
+
+
+def validated(value: Any, key: str, schema: type[Value], path: Path = PARAMS_FILE) -> Value:
+    """`value`, read at `key` ('' for the whole file), checked against `schema`; one line per problem otherwise."""
     try:
         return TypeAdapter(schema).validate_python(value, strict=True)
     except ValidationError as error:
         problems = _describe_errors(error.errors(), key, schema)
         raise UserError(f"{display_path(path)}: invalid params:\n  " + "\n  ".join(problems)) from None
+
+
+def load_params(key: str, schema: type[Value], params_file: Path = PARAMS_FILE) -> Value:
+    """Read one key of params.yaml (a section like `binary`, or one value like `binary.digit`) and validate it.
+
+    `dvc.yaml` declares the same keys for the stage, so a stage depends on exactly the params it reads.
+    """
+    return validated(read_key(read_params_file(params_file), key), key, schema, params_file)
+
+
+def load_all_params(params_file: Path = PARAMS_FILE) -> AllParams:
+    """The whole of params.yaml, every section validated and no other section allowed: the stage that reads it
+    (`report`) depends on the whole file, so a misspelled section stops a run instead of being ignored."""
+    return validated(read_params_file(params_file), "", AllParams, params_file)
 
 
 def check_at_most(key: str, value: int, limit: int, reason: str) -> None:

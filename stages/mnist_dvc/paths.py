@@ -12,13 +12,18 @@ PARAMS_FILE = ROOT / "params.yaml"
 RAW_DIR = ROOT / "data" / "raw"
 SPLIT_DIR = ROOT / "data" / "split"
 MODELS_DIR = ROOT / "data" / "models"
-SELECTED_FILE = MODELS_DIR / "multiclass" / "selected.json"  # the multiclass model chosen on the validation images
+# The multiclass models trained, the one chosen on the validation images, and how many images chose it.
+MANIFEST_FILE = MODELS_DIR / "multiclass" / "manifest.json"
+EVALUATION_DIR = ROOT / "data" / "evaluation"  # what `evaluate` hands to `report` that is not a report itself
+DENOISED_FILE = EVALUATION_DIR / "denoised_examples.npy"  # the first test images, noisy and cleaned
 REPORTS_DIR = ROOT / "reports"
 PREDICTIONS_DIR = REPORTS_DIR / "predictions"  # every model's answer for every test image: tools/compare.py reads them
 REPORT_FILE = REPORTS_DIR / "report.md"
 DATA_OVERVIEW_FILE = REPORTS_DIR / "data_overview.json"  # the dataset and its class counts, from `split`
 METRICS_DIR = REPORTS_DIR / "metrics"
-PLOTS_DIR = REPORTS_DIR / "plots"
+PLOTS_DIR = REPORTS_DIR / "plots"  # the data behind the figures, for `dvc plots` and the `report` stage
+BINARY_CV_SCORES_FILE = PLOTS_DIR / "binary_cv_scores.csv"  # each training image's out-of-sample scores
+MULTICLASS_CV_FILE = PLOTS_DIR / "multiclass_cv_predictions.csv"  # each CV image's prediction by every model
 FIGURES_DIR = REPORTS_DIR / "figures"
 
 # DVC runs queued and temporary experiments in a copy of the repo under <repo>/.dvc/tmp/exps/.

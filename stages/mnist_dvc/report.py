@@ -1,4 +1,5 @@
-"""`reports/report.md`: one page with a run's results, written by `evaluate` from the same numbers as the metrics.
+"""`reports/report.md`: one page with a run's results, written by the `report` stage from the same numbers as the
+metrics.
 
 Tables are pandas DataFrames rendered as Markdown; figures are linked relative to `reports/`, so the page renders
 on GitHub or GitLab beside the files it shows. Nothing in it depends on when or where it was made: a rerun gives
@@ -12,9 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.metrics import precision_recall_fscore_support
 
-from mnist_dvc.metrics import proportion_with_interval
+from mnist_dvc.metrics import per_class_metrics, proportion_with_interval
 from mnist_dvc.schema import MulticlassModels
 
 BINARY_NAMES = {"sgd": "SGD", "dummy": "dummy (never 'yes')", "forest": "random forest"}
@@ -158,20 +158,6 @@ def multiclass_section(
     return "\n\n".join([*parts, figures("multiclass")])
 
 
-def per_class_metrics(
-    labels: np.ndarray, predictions: dict[str, np.ndarray], class_names: list[str]
-) -> dict[str, pd.DataFrame]:
-    """Precision, recall and F1 of every class (rows) for every model (columns)."""
-    scores = {
-        name: precision_recall_fscore_support(labels, predicted, labels=range(len(class_names)), zero_division=0)[:3]
-        for name, predicted in predictions.items()
-    }
-    return {
-        metric: pd.DataFrame({name: values[position] for name, values in scores.items()}, index=class_names)
-        for position, metric in enumerate(("precision", "recall", "F1"))
-    }
-
-
 def multilabel_section(training: dict[str, Any], test: dict[str, Any], denoising: dict[str, Any]) -> str:
     frame = pd.DataFrame({"cross-validated": training["knn"]["cv"], "test": test["knn"]["test"]})
     lines = [
@@ -187,7 +173,7 @@ def multilabel_section(training: dict[str, Any], test: dict[str, Any], denoising
 
 def render_report(sections: list[str], params: dict[str, Any]) -> str:
     header = (
-        "# Results\n\nWritten by the `evaluate` stage of `dvc repro`; every number is also in `reports/metrics/` "
+        "# Results\n\nWritten by the `report` stage of `dvc repro`; every number is also in `reports/metrics/` "
         "(`dvc metrics show`). Intervals are 95% Wilson score intervals. `python tools/compare.py REV` says whether "
         "a difference from another revision is significant."
     )

@@ -7,7 +7,7 @@ upper bound so that an absurd value is refused at once instead of running for ho
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -18,6 +18,9 @@ Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 ClassIndex = Annotated[int, Field(ge=0, le=9, description="a class index: the digit, or the Fashion-MNIST item")]
 Folds = Annotated[int, Field(ge=2, le=100)]
 Probability = Annotated[float, Field(gt=0, le=1)]
+NoiseAmplitude = Annotated[
+    int, Field(ge=1, le=255, description="each pixel gets an integer in [0, noise) added, on 0..255")
+]
 SampleCount = Annotated[int, Field(ge=10, le=1_000_000)]
 
 
@@ -144,7 +147,7 @@ class MulticlassParams(Params):
 class DenoiseParams(Params):
     """The chapter's multioutput example: a KNN that maps noisy images to clean ones."""
 
-    noise: int = Field(ge=1, le=255, description="each pixel gets an integer in [0, noise) added, on 0..255")
+    noise: NoiseAmplitude
     seed: Seed
     n_neighbors: int = Field(ge=1, le=1_000)
     max_train_samples: SampleCount | None = None
@@ -155,3 +158,13 @@ class MultilabelParams(Params):
     cv_max_samples: SampleCount | None = None
     knn: KNNParams
     denoise: DenoiseParams
+
+
+class AllParams(Params):
+    """The whole of params.yaml: its sections and no other. `data` is checked by `download`, against the registry."""
+
+    data: dict[str, Any]
+    split: SplitParams
+    binary: BinaryParams
+    multiclass: MulticlassParams
+    multilabel: MultilabelParams

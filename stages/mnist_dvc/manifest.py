@@ -1,0 +1,46 @@
+"""The multiclass models' manifest: which models `train_multiclass` trained, the one it chose on the validation
+images, and how many images chose it. `evaluate` scores the models it names, `report` presents the chosen one."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mnist_dvc.files import read_json, write_json
+from mnist_dvc.messages import UserError
+from mnist_dvc.paths import MANIFEST_FILE, display_path
+from mnist_dvc.schema import MulticlassModels
+
+
+class Manifest(BaseModel):
+    """`data/models/multiclass/manifest.json`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    models: list[str] = Field(min_length=1)
+    chosen: str
+    validation_images: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def names_are_models(self) -> Manifest:
+        unknown = [name for name in self.models if name not in MulticlassModels.model_fields]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}, allowed: {', '.join(MulticlassModels.model_fields)}")
+        if self.chosen not in self.models:
+            raise ValueError(f"'chosen' should name one of the models, got {self.chosen!r}")
+        return self
+
+
+def read_manifest() -> Manifest:
+    try:
+        return Manifest.model_validate(read_json(MANIFEST_FILE))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors(include_url=False)
+        )
+        raise UserError(
+            f"{display_path(MANIFEST_FILE)}: not what train_multiclass writes ({problems}; run `dvc repro`)"
+        ) from None
+
+
+def write_manifest(manifest: Manifest) -> None:
+    write_json(MANIFEST_FILE, manifest.model_dump())
