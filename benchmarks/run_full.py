@@ -250,7 +250,7 @@ def main() -> None:
                 results.append(result)
                 print(f"{stage}: {result.seconds:.1f} s", file=sys.stderr, flush=True)
         metrics = json.loads((repo / "reports" / "metrics" / "test.json").read_text())
-        selected = json.loads((repo / "data" / "models" / "multiclass" / "selected.json").read_text())["best"]
+        selected = json.loads((repo / "data" / "models" / "multiclass" / "manifest.json").read_text())["chosen"]
         where = f"a local Dask cluster of {args.dask_workers} workers" if args.dask_workers else "local threads"
         print(f"{args.dataset}, {os.cpu_count()} CPUs, {where}\n{report(args.dataset, results, metrics, selected)}")
         if args.dask_workers:

@@ -270,13 +270,13 @@ def test_a_stage_killed_midway_recovers_to_the_clean_lock(scratch):
 
     def midway() -> bool:
         """DVC has cleared the old outputs; the stage is writing its models (it saves them once all are fitted)."""
-        return any(models.glob("*.skops")) and not (models / "selected.json").exists()
+        return any(models.glob("*.skops")) and not (models / "manifest.json").exists()
 
     while time.monotonic() < deadline and not midway():
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (models / "selected.json").exists()
+    assert not (models / "manifest.json").exists()
     for model in models.glob("*.skops"):
         read_model(model)  # whatever carries an output's name is complete
 
