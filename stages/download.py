@@ -41,7 +41,12 @@ def main() -> None:
     save_array(RAW_DIR / "labels.npy", dataset.labels)
     write_json(
         RAW_DIR / "dataset.json",
-        {"name": params.dataset, "class_names": list(spec.class_names), "test_start": dataset.test_start},
+        {
+            "name": params.dataset,
+            "class_names": list(spec.class_names),
+            "handwritten": spec.handwritten,
+            "test_start": dataset.test_start,
+        },
     )
     log(f"wrote {len(dataset.images)} images to {display_path(RAW_DIR)}/")
 

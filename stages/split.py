@@ -64,7 +64,7 @@ def main() -> None:
     for part, part_images, part_labels in [("train", train_images, train_labels), ("test", test_images, test_labels)]:
         save_array(SPLIT_DIR / f"{part}_images.npy", part_images)
         save_array(SPLIT_DIR / f"{part}_labels.npy", part_labels)
-    write_json(SPLIT_DIR / "dataset.json", {"name": info.name, "class_names": class_names})
+    write_json(SPLIT_DIR / "dataset.json", info.model_dump(exclude={"test_start"}))
 
     train_counts, test_counts = class_counts(train_labels, class_names), class_counts(test_labels, class_names)
     write_json(

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils import get_tags
 
-from mnist_dvc.arrays import first_n, load_split, to_features
+from mnist_dvc.arrays import first_n, load_dataset_info, load_split, to_features
 from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented
 from mnist_dvc.files import write_csv, write_json
 from mnist_dvc.manifest import Manifest, write_manifest
@@ -32,7 +32,7 @@ from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import best_model, rounded
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_params
-from mnist_dvc.paths import METRICS_DIR, MODELS_DIR, MULTICLASS_CV_FILE
+from mnist_dvc.paths import METRICS_DIR, MODELS_DIR, MULTICLASS_CV_FILE, SPLIT_DIR
 from mnist_dvc.runner import refused_by_estimator, run_stage
 from mnist_dvc.schema import HogSVCParams, MulticlassParams, MulticlassSGDParams, SVCParams
 from mnist_dvc.workers import Job, run_jobs
@@ -55,7 +55,13 @@ def svc_pipeline(params: SVCParams, one_vs_rest: bool) -> Pipeline:
     return Pipeline([*pca(params.pca_components), ("svc", OneVsRestClassifier(svc) if one_vs_rest else svc)])
 
 
-def hog_svc_pipeline(params: HogSVCParams) -> Pipeline:
+def deskews(setting: bool | str, handwritten: bool) -> bool:
+    """Whether svc_hog deskews: as set, or with `auto` only on handwriting, where a slant says nothing of the class;
+    on clothes the lean of a shape is part of what it is."""
+    return handwritten if setting == "auto" else bool(setting)
+
+
+def hog_svc_pipeline(params: HogSVCParams, handwritten: bool) -> Pipeline:
     """Deskewed pixels, their histograms of oriented gradients beside them, then PCA and the kernel SVC."""
     hog = HogFeatures(
         orientations=params.orientations,
@@ -63,7 +69,7 @@ def hog_svc_pipeline(params: HogSVCParams) -> Pipeline:
         cells_per_block=params.cells_per_block,
         keep_pixels=params.keep_pixels,
     )
-    steps: list[tuple[str, Any]] = [("deskew", Deskew(enabled=params.deskew)), ("hog", hog)]
+    steps: list[tuple[str, Any]] = [("deskew", Deskew(enabled=deskews(params.deskew, handwritten))), ("hog", hog)]
     if params.standardize:
         steps.append(("scale", StandardScaler()))
     svc = SVC(C=params.C, gamma=params.gamma)
@@ -75,10 +81,11 @@ def sgd_pipeline(params: MulticlassSGDParams) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("sgd", classifier)] if params.standardize else [("sgd", classifier)])
 
 
-def build_model(name: str, params: Any) -> Any:
-    """The estimator a `multiclass.models` entry describes, trained on shifted copies too if it asks for them."""
+def build_model(name: str, params: Any, handwritten: bool) -> Any:
+    """The estimator a `multiclass.models` entry describes, trained on shifted copies too if it asks for them.
+    `handwritten`: whether the dataset's images are handwriting (for `deskew: auto`)."""
     builders = {
-        "svc_hog": lambda: hog_svc_pipeline(params),
+        "svc_hog": lambda: hog_svc_pipeline(params, handwritten),
         "svc_ovo": lambda: svc_pipeline(params, one_vs_rest=False),
         "svc_ovr": lambda: svc_pipeline(params, one_vs_rest=True),
         "knn": lambda: KNeighborsClassifier(**params.model_dump(exclude={"augment_shifts"})),
@@ -89,10 +96,10 @@ def build_model(name: str, params: Any) -> Any:
     return ShiftAugmented(model) if params.augment_shifts else model
 
 
-def build_models(params: MulticlassParams) -> dict[str, tuple[Any, int | None]]:
+def build_models(params: MulticlassParams, handwritten: bool) -> dict[str, tuple[Any, int | None]]:
     """Each enabled model with the number of training images it is fitted on (None = all)."""
     return {
-        name: (build_model(name, entry), getattr(entry, "max_train_samples", None))
+        name: (build_model(name, entry, handwritten), getattr(entry, "max_train_samples", None))
         for name, entry in params.models
         if entry is not None
     }
@@ -119,7 +126,13 @@ def n_features_after(model: Any, features: np.ndarray) -> int:
     return Pipeline(steps).fit_transform(features[:1]).shape[1] if steps else features.shape[1]
 
 
-def check_sizes(params: MulticlassParams, cv_labels: np.ndarray, n_fit: int, features: np.ndarray) -> None:
+def check_sizes(
+    params: MulticlassParams,
+    models: dict[str, tuple[Any, int | None]],
+    cv_labels: np.ndarray,
+    n_fit: int,
+    features: np.ndarray,
+) -> None:
     """Every limit the data puts on the params, checked before the first model is fitted."""
     subset = "multiclass.cv_max_samples" if params.cv_max_samples is not None else None
     check_folds("multiclass.cv_folds", params.cv_folds, cv_labels, subset)
@@ -127,7 +140,7 @@ def check_sizes(params: MulticlassParams, cv_labels: np.ndarray, n_fit: int, fea
     if params.models.knn is not None:
         neighbours = params.models.knn.n_neighbors
         check_at_most("multiclass.models.knn.n_neighbors", neighbours, fold_size, f"a CV fold trains on {fold_size}")
-    for name, (model, fit_size) in build_models(params).items():
+    for name, (model, fit_size) in models.items():
         entry = getattr(params.models, name)
         if getattr(entry, "pca_components", None) is None:
             continue
@@ -235,11 +248,15 @@ def main() -> None:
     learn, choose = validation_split(labels, params)
     fit_features, fit_labels = features[learn], labels[learn]
     cv_rows, cv_labels = first_n(params.cv_max_samples, learn, fit_labels)
-    check_sizes(params, cv_labels, len(fit_labels), features)
+    info = load_dataset_info(SPLIT_DIR)
+    if params.models.svc_hog is not None and params.models.svc_hog.deskew == "auto":
+        kind = "handwriting" if info.handwritten else "not handwriting"
+        log(f"svc_hog: deskew auto: {'on' if info.handwritten else 'off'} ({info.name}'s images are {kind})")
+    models = build_models(params, info.handwritten)
+    check_sizes(params, models, cv_labels, len(fit_labels), features)
     folds = StratifiedKFold(n_splits=params.cv_folds)
     log(f"{len(fit_labels)} training images to learn from, {len(choose)} to choose the best model")
 
-    models = build_models(params)
     fitted, validation, cv_predictions = fit_everything(
         models, (fit_features, fit_labels), features[choose], (params.cv_max_samples, folds)
     )

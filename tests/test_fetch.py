@@ -166,7 +166,9 @@ def cache(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny dataset in the registry, and failures that take half a second, not minutes."""
-    entry = datasets.idx_entry("tiny", datasets.DIGITS, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), TINY)
+    entry = datasets.idx_entry(
+        "tiny", datasets.DIGITS, True, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), TINY
+    )
     monkeypatch.setitem(datasets.DATASETS, "tiny", entry)
     monkeypatch.setattr(fetch, "TIMEOUT", 0.5)
     monkeypatch.setattr(fetch, "BACKOFF", 0.0)
@@ -379,7 +381,7 @@ def two_label_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     both = (TINY.digests[TRAIN_LABELS].gz_md5[0], hashlib.md5(SHORT_LABELS).hexdigest())
     digests = {**TINY.digests, TRAIN_LABELS: Digests(gz_md5=both, **sizes(TRAIN_LABELS))}
     idx = dataclasses.replace(TINY, digests=digests)
-    entry = datasets.idx_entry("tiny", datasets.DIGITS, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), idx)
+    entry = datasets.idx_entry("tiny", datasets.DIGITS, True, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), idx)
     monkeypatch.setitem(datasets.DATASETS, "tiny", entry)
 
 
@@ -542,7 +544,7 @@ OPENML = OpenML(name="tiny_784", version=1, n_train=N_TRAIN)
 def openml_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """The tiny dataset with an OpenML copy; the copy is served by a stand-in for fetch_openml."""
     idx = dataclasses.replace(TINY, openml=OPENML)
-    entry = datasets.idx_entry("tiny", datasets.DIGITS, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), idx)
+    entry = datasets.idx_entry("tiny", datasets.DIGITS, True, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), idx)
     monkeypatch.setitem(datasets.DATASETS, "tiny", entry)
     calls: list[dict] = []
 

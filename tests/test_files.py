@@ -155,7 +155,7 @@ def test_a_bad_dataset_json_is_named(tmp_path, info, problem):
 
 
 def test_labels_out_of_range_and_length_mismatch_are_named(tmp_path):
-    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x", "class_names": ["a", "b"]}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"name": "x", "class_names": ["a", "b"], "handwritten": False}))
     save_array(tmp_path / "images.npy", np.zeros((3, 28, 28), np.uint8))
     save_array(tmp_path / "labels.npy", np.array([0, 1, 2], np.uint8))
     with pytest.raises(UserError, match=r"labels.npy: label 2 out of range for the 2 classes of dataset.json"):

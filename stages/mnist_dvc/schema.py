@@ -88,7 +88,7 @@ class SVCParams(Augmentable):
 class HogSVCParams(SVCParams):
     """Deskewing, histograms of oriented gradients beside the pixels, then PCA and the kernel SVC."""
 
-    deskew: bool
+    deskew: bool | Literal["auto"]  # auto: only if the dataset's images are handwriting (the registry says)
     orientations: int = Field(ge=1, le=36)
     pixels_per_cell: int = Field(ge=2, le=9)
     cells_per_block: int = Field(ge=1, le=7)
