@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, run
@@ -68,3 +69,26 @@ def test_a_user_error_is_one_line_and_exit_code_1():
     result = run([sys.executable, "-c", failing], ROOT, check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: params.yaml: something is wrong"
+
+
+def test_only_scikit_learns_parameter_validation_becomes_a_param_message():
+    from sklearn.linear_model import SGDClassifier
+
+    from mnist_dvc.runner import refused_by_estimator
+
+    features, labels = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    message = r"^params.yaml: binary.sgd: scikit-learn refused it \(The 'alpha'"
+    with pytest.raises(UserError, match=message) as raised, refused_by_estimator("binary.sgd"):
+        SGDClassifier(alpha=-1.0).fit(features, labels)
+    assert raised.value.__cause__ is not None  # kept, for MNIST_DVC_DEBUG=1
+    with pytest.raises(ValueError, match="a bug of our own"), refused_by_estimator("binary.sgd"):
+        raise ValueError("a bug of our own")  # not the user's param: it keeps its traceback
+
+
+def test_debug_shows_the_traceback_behind_a_one_line_message():
+    failing = STAGE.replace("FAIL = False", "FAIL = True")
+    quiet = run([sys.executable, "-c", failing], ROOT, check=False)
+    loud = run([sys.executable, "-c", failing], ROOT, check=False, MNIST_DVC_DEBUG="1")
+    assert "Traceback" not in quiet.stderr
+    assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
+    assert loud.stderr.splitlines()[-1] == "error: params.yaml: something is wrong"

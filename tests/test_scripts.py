@@ -417,6 +417,30 @@ def test_params_too_large_for_the_data_name_the_key(workspace, tmp_path, stage, 
     assert not (root / "reports").exists() and not (root / "data/models").exists()
 
 
+def test_a_bug_in_the_pipelines_own_code_keeps_its_traceback(workspace, tmp_path):
+    """A broken helper (HOG given a wrong shape) is not reported as the user's param."""
+    root = fresh_copy(workspace, tmp_path / "ws")
+    features = root / "stages/mnist_dvc/features.py"
+    code = features.read_text()
+    broken = code.replace(
+        "    n = len(images)\n", "    n = len(images)\n    images = images.reshape(n, -1)  # a bug\n", 1
+    )
+    assert broken != code
+    features.write_text(broken)
+    result = run_stage(root, "train_multiclass", check=False)
+    assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
+    assert "params.yaml" not in result.stderr.splitlines()[-1]
+
+
+def test_debug_shows_what_led_to_a_params_message(workspace, tmp_path):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    set_param(root, 1.5, "split", "test_size")
+    result = run([sys.executable, "stages/split.py"], root, check=False, MNIST_DVC_DEBUG="1")
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+    assert "pydantic_core._pydantic_core.ValidationError" in result.stderr  # the cause, kept
+    assert result.stderr.splitlines()[-1] == "  split.test_size = 1.5: Input should be less than 1"
+
+
 def test_a_binary_class_absent_from_the_training_set_is_named(workspace, tmp_path):
     root = fresh_copy(workspace, tmp_path / "ws")
     shutil.rmtree(root / "data/models")

@@ -86,10 +86,10 @@ def fetch(url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
             return response.read()
     except urllib.error.HTTPError as error:
-        raise BuildError(f"{url}: download failed (HTTP {error.code})") from None
+        raise BuildError(f"{url}: download failed (HTTP {error.code})") from error
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise BuildError(f"{url}: download failed ({reason})") from None
+        raise BuildError(f"{url}: download failed ({reason})") from error
 
 
 def check_integrity(data: bytes, integrity: str, what: str) -> None:
@@ -110,8 +110,10 @@ def download_tarball(registry: str, package: Package) -> bytes:
     try:
         dist = json.loads(fetch(url))["dist"]
         tarball, integrity = dist["tarball"], dist["integrity"]
-    except (ValueError, KeyError, TypeError):
-        raise BuildError(f"{url}: not the registry's metadata of {what} (no dist.tarball and dist.integrity)") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise BuildError(
+            f"{url}: not the registry's metadata of {what} (no dist.tarball and dist.integrity)"
+        ) from error
     if integrity != package.integrity:
         raise BuildError(f"{what}: the registry's integrity {integrity} differs from the pinned {package.integrity}")
     data = fetch(tarball)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cache, partial
@@ -305,7 +307,7 @@ def parse(task: str, content: bytes, source: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(io.BytesIO(content))
     except (ValueError, UnicodeDecodeError) as error:  # pandas' parser and empty-data errors are ValueErrors
-        raise CompareError(f"{source}: damaged CSV ({str(error).splitlines()[0]})") from None
+        raise CompareError(f"{source}: damaged CSV ({str(error).splitlines()[0]})") from error
     problem = damage(task, frame)
     if problem is not None:
         raise CompareError(f"{source}: damaged CSV: {problem}")
@@ -390,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         a, b = read_revision(root, args.rev_a), read_revision(root, args.rev_b)
         results = {task: task_rows(task, a[task], b[task]) for task in TASKS}
     except CompareError as error:
+        if os.environ.get("MNIST_DVC_DEBUG", "").strip() not in ("", "0"):
+            traceback.print_exception(error)  # what led to the message, as the stages do
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -12,6 +13,10 @@ from mnist_dvc.messages import UserError
 from mnist_dvc.paths import SPLIT_DIR, display_path
 
 SIDE = 28
+# How numpy's reader fails on a damaged .npy file (found by fuzzing its header): a header its parser cannot read
+# (SyntaxError, TokenError), one that does not describe an array (ValueError, or TypeError when its keys are of
+# mixed types), or data cut short (EOFError, and ValueError when reshaping).
+DAMAGED_NPY = (ValueError, TypeError, EOFError, OSError, SyntaxError, TokenError)
 
 
 class DatasetInfo(BaseModel):
@@ -35,11 +40,12 @@ def load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
     """Load a .npy file written by a stage, checking it is what the pipeline expects."""
     try:
         array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"{display_path(path)}: file not found (run the stage that writes it: `dvc repro`)") from None
-    except Exception as error:  # a damaged header fails in the header parser's own ways (SyntaxError, TokenError)
+    except FileNotFoundError as error:
+        raise UserError(f"{display_path(path)}: file not found (run the stage that writes it: `dvc repro`)") from error
+    except DAMAGED_NPY as error:
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
-        raise UserError(f"{display_path(path)}: not a valid .npy array file, corrupt or truncated ({reason})") from None
+        shown = display_path(path)
+        raise UserError(f"{shown}: not a valid .npy array file, corrupt or truncated ({reason})") from error
     if array.dtype != dtype or array.ndim != ndim:
         raise UserError(
             f"{display_path(path)}: expected a {ndim}-d {np.dtype(dtype).name} array, "
@@ -59,7 +65,7 @@ def load_dataset_info(folder: Path) -> DatasetInfo:
         raise UserError(
             f'{display_path(path)}: expected {{"name": "...", "class_names": [two or more names], "handwritten": '
             f'true or false, "test_start": null or a whole number}} ({problems})'
-        ) from None
+        ) from error
 
 
 def load_class_names(folder: Path = SPLIT_DIR) -> list[str]:

@@ -142,7 +142,7 @@ def _connect(address: str) -> Any:
             f"{SCHEDULER_VARIABLE}={address}: no Dask scheduler answers there ({reason}): start one with "
             f"`dask scheduler` and workers with {worker_command(address)}, or unset {SCHEDULER_VARIABLE} to run on "
             "this machine"
-        ) from None
+        ) from error
 
 
 def _prepare_workers(client: Any, address: str) -> int:
@@ -152,18 +152,18 @@ def _prepare_workers(client: Any, address: str) -> int:
 
     try:
         client.wait_for_workers(1, timeout=WORKER_WAIT_SECONDS)
-    except TimeoutError:
+    except TimeoutError as error:
         raise UserError(
             f"{SCHEDULER_VARIABLE}={address}: no worker joined the scheduler within {WORKER_WAIT_SECONDS} s: start "
             f"workers as {worker_command(address)}"
-        ) from None
+        ) from error
     for module in (sys.modules[__name__], numeric_profile):
         cloudpickle.register_pickle_by_value(module)
     try:
         client.get_versions(check=True)
     except ValueError as error:  # Dask's own check: client, scheduler and workers must run the same Dask stack
         reason = " ".join(str(error).split())
-        raise UserError(f"{SCHEDULER_VARIABLE}={address}: {reason}: start it with {worker_command(address)}") from None
+        raise UserError(f"{SCHEDULER_VARIABLE}={address}: {reason}: start it with {worker_command(address)}") from error
     # The scheduler unpickles the jobs' graph too, so it gets the package as well.
     name, data = package_archive()
     with tempfile.TemporaryDirectory() as folder:
@@ -221,7 +221,7 @@ def _watched(client: Any, address: str) -> Iterator[None]:
                 f"{SCHEDULER_VARIABLE}={address}: the cluster has had no worker (or no scheduler) for "
                 f"{NO_WORKER_SECONDS} s, so the stage stopped and wrote nothing: start workers as "
                 f"{worker_command(address)}, and rerun"
-            ) from None
+            ) from error
         raise
     finally:
         stop.set()

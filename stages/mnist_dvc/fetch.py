@@ -47,6 +47,9 @@ CHUNK = 1 << 20
 MAX_IDX_BYTES = 100_000_000  # no 28x28 IDX file is larger: refuse a gzip bomb instead of filling memory
 GZIP_SLACK = 1024  # gzip's header and trailer, with room for a file name or comment in the header
 USER_AGENT = "mnist-dvc"  # some mirrors refuse urllib's default agent
+# How scikit-learn's fetch_openml fails on the network or on a bad answer: a connection or HTTP error, a checksum
+# or parse error (ValueError), a JSON answer of another shape (KeyError), a cut or damaged download.
+OPENML_FAILURES = (OSError, ValueError, KeyError, EOFError, zlib.error, http.client.HTTPException)
 
 
 class SourceError(Exception):
@@ -115,10 +118,10 @@ def decompress(raw: bytes) -> bytes:
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(raw)) as file:
             content = file.read(MAX_IDX_BYTES + 1)
-    except EOFError:
-        raise SourceError("truncated gzip (the file ends before its end-of-stream marker)") from None
+    except EOFError as error:
+        raise SourceError("truncated gzip (the file ends before its end-of-stream marker)") from error
     except (gzip.BadGzipFile, zlib.error) as error:
-        raise SourceError(f"not a valid gzip file ({error})") from None
+        raise SourceError(f"not a valid gzip file ({error})") from error
     if len(content) > MAX_IDX_BYTES:
         raise SourceError(f"decompresses to more than {MAX_IDX_BYTES:,} bytes")
     return content
@@ -209,7 +212,7 @@ def open_url(url: str) -> Response:
     try:
         return urllib.request.urlopen(request, timeout=TIMEOUT)
     except (OSError, http.client.HTTPException) as error:
-        raise SourceError(*describe(error)) from None
+        raise SourceError(*describe(error)) from error
 
 
 def announced_length(response: Response, limit: int) -> int | None:
@@ -226,7 +229,7 @@ def read_some(response: Response, size: int) -> bytes:
     try:
         return response.read1(size)
     except (OSError, http.client.HTTPException) as error:
-        raise SourceError(*describe(error)) from None
+        raise SourceError(*describe(error)) from error
 
 
 def check_progress(received: int, announced: int | None, limit: int, deadline: float) -> None:
@@ -262,7 +265,7 @@ def stream(url: str, path: Path, limit: int, deadline: float) -> None:
             with open(path, "wb") as out:
                 received = copy_body(response, out, announced, limit, deadline)
         except OSError as error:  # read errors are SourceErrors by now: this is the local disk
-            raise cache_error(path.parent, error) from None
+            raise cache_error(path.parent, error) from error
     if announced is not None and received < announced:
         raise SourceError(f"connection closed after {received:,} of {announced:,} bytes", transient=True)
 
@@ -279,7 +282,7 @@ def download(url: str, path: Path, limit: int) -> None:
             delay = BACKOFF * 2**attempt
             if attempt == RETRIES or time.monotonic() + delay > deadline:
                 attempts = f"{attempt + 1} attempts" if attempt else "1 attempt"
-                raise SourceError(f"{error} ({attempts})") from None
+                raise SourceError(f"{error} ({attempts})") from error
             log(f"{url}: {error}; retrying in {delay:g} s")
             time.sleep(delay)
 
@@ -296,7 +299,7 @@ def remove_cached(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError as error:
-        raise cache_error(path.parent, error) from None
+        raise cache_error(path.parent, error) from error
 
 
 def cached(path: Path, digests: Digests, n_classes: int) -> np.ndarray | None:
@@ -325,7 +328,7 @@ def check_writable(folder: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise cache_error(folder, error) from None
+        raise cache_error(folder, error) from error
 
 
 def count_mismatch(arrays: Mapping[str, np.ndarray], pair: tuple[str, str]) -> str | None:
@@ -359,7 +362,7 @@ def fetch_from(mirror: str, dataset: IdxDataset, arrays: dict[str, np.ndarray], 
         try:
             arrays[name] = fetch_file(base + name, folder / name, dataset.digests[name], n_classes)
         except SourceError as error:
-            raise SourceError(f"{name}: {error}") from None
+            raise SourceError(f"{name}: {error}") from error
         log(f"fetched {name} from {mirror}")
         pair = TRAIN_FILES if name in TRAIN_FILES else TEST_FILES
         if reason := count_mismatch(arrays, pair):
@@ -415,8 +418,8 @@ def fetch_openml_images(openml: OpenML, cache_dir: Path, n_classes: int) -> tupl
                 delay=BACKOFF,
             )
         labels = np.asarray(target).astype(np.int64)
-    except Exception as error:  # scikit-learn raises many kinds on network, parsing or checksum failure
-        raise SourceError(describe(error)[0]) from None
+    except OPENML_FAILURES as error:
+        raise SourceError(describe(error)[0]) from error
     images = pixel_rows_to_images(np.asarray(pixels), len(labels))
     if labels.min() < 0 or labels.max() >= n_classes:
         raise SourceError(f"labels out of range 0..{n_classes - 1}")
@@ -460,7 +463,7 @@ def fetch_dataset(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise cache_error(folder, error) from None
+        raise cache_error(folder, error) from error
     remove_stale_temporaries(folder)
     arrays = cached_arrays(dataset, folder, n_classes)
     if len(arrays) == len(IDX_FILES):

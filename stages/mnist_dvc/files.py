@@ -61,7 +61,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         remove_stale_temporaries(path.parent)
         handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        raise _cannot_write(path, error) from None
+        raise _cannot_write(path, error) from error
     os.close(handle)
     tmp = Path(tmp_name)
     try:
@@ -71,7 +71,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs get the usual mode
         os.replace(tmp, path)
     except OSError as error:
-        raise _cannot_write(path, error) from None
+        raise _cannot_write(path, error) from error
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -87,19 +87,19 @@ def write_json(path: Path, data: Any) -> None:
     try:
         text = json.dumps(data, indent=2, allow_nan=False)
     except ValueError as error:
-        raise ValueError(f"{path}: refusing to write a non-finite number ({error})") from None
+        raise ValueError(f"{path}: refusing to write a non-finite number ({error})") from error
     write_bytes(path, (text + "\n").encode())
 
 
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{display_path(path)}: file not found (run the stage that writes it: `dvc repro`)") from None
+    except FileNotFoundError as error:
+        raise UserError(f"{display_path(path)}: file not found (run the stage that writes it: `dvc repro`)") from error
     except OSError as error:
-        raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from None
+        raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{display_path(path)}: not valid JSON ({error})") from None
+        raise UserError(f"{display_path(path)}: not valid JSON ({error})") from error
 
 
 def json_value(path: Path, data: Any, keys: str) -> Any:
@@ -142,13 +142,13 @@ def read_csv(path: Path, columns: Sequence[str], text: Sequence[str] = ()) -> di
             # A row longer than the header would otherwise shift a column into the index without a word.
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(path, index_col=False)
-    except FileNotFoundError:
-        raise UserError(f"{shown}: file not found (run the stage that writes it: `dvc repro`)") from None
+    except FileNotFoundError as error:
+        raise UserError(f"{shown}: file not found (run the stage that writes it: `dvc repro`)") from error
     except OSError as error:
-        raise UserError(f"{shown}: cannot read it ({error.strerror})") from None
+        raise UserError(f"{shown}: cannot read it ({error.strerror})") from error
     except (pd.errors.ParserError, pd.errors.ParserWarning, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{shown}: not a valid CSV file ({reason}; run `dvc repro` to rewrite it)") from None
+        raise UserError(f"{shown}: not a valid CSV file ({reason}; run `dvc repro` to rewrite it)") from error
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise UserError(f"{shown}: missing the columns {', '.join(missing)} (run `dvc repro` to rewrite it)")

@@ -39,7 +39,7 @@ def read_manifest() -> Manifest:
         )
         raise UserError(
             f"{display_path(MANIFEST_FILE)}: not what train_multiclass writes ({problems}; run `dvc repro`)"
-        ) from None
+        ) from error
 
 
 def write_manifest(manifest: Manifest) -> None:

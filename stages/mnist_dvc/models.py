@@ -7,11 +7,13 @@ import io
 import itertools
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnist_dvc.arrays import DAMAGED_NPY
 from mnist_dvc.files import write_bytes
 from mnist_dvc.messages import UserError
 from mnist_dvc.paths import display_path
@@ -26,6 +28,10 @@ TRUSTED_MODEL_TYPES = [
 ]
 
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# How skops fails on a damaged archive (found by fuzzing archives and their schema): not a zip, an entry or key
+# missing, a schema that is not JSON or not of the right shape (AttributeError, TypeError: a list where a mapping
+# belongs), and numpy's ways with a damaged array entry.
+DAMAGED_SKOPS = (zipfile.BadZipFile, KeyError, AttributeError, zlib.error, *DAMAGED_NPY)
 
 
 def zero_padding(npy: bytes) -> bytes:
@@ -114,21 +120,21 @@ def read_model(path: Path) -> Any:
     shown = display_path(path)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{shown}: model file not found (run `dvc repro`)") from None
+    except FileNotFoundError as error:
+        raise UserError(f"{shown}: model file not found (run `dvc repro`)") from error
     except OSError as error:
-        raise UserError(f"{shown}: cannot read the model file ({error.strerror})") from None
+        raise UserError(f"{shown}: cannot read the model file ({error.strerror})") from error
     try:
         untrusted = sio.get_untrusted_types(data=data)
-    except Exception as error:  # a damaged archive or schema fails in many ways
-        raise UserError(f"{shown}: not a valid skops model file ({type(error).__name__}: {error})") from None
+    except DAMAGED_SKOPS as error:
+        raise UserError(f"{shown}: not a valid skops model file ({type(error).__name__}: {error})") from error
     refused = sorted(set(untrusted) - set(TRUSTED_MODEL_TYPES))
     if refused:
         raise UserError(f"{shown}: refused to load, the file names untrusted types: {', '.join(refused)}")
     try:
         return sio.loads(data, trusted=untrusted)
-    except Exception as error:  # skops raises many kinds on a damaged archive
-        raise UserError(f"{shown}: could not load the model ({type(error).__name__}: {error})") from None
+    except DAMAGED_SKOPS as error:
+        raise UserError(f"{shown}: could not load the model ({type(error).__name__}: {error})") from error
 
 
 def load_model(path: Path, expected: type | tuple[type, ...], n_features: int) -> Any:

@@ -68,9 +68,9 @@ def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
     try:
         params = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from None
+        raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from error
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise UserError(f"{display_path(path)}: not valid YAML ({error})") from None
+        raise UserError(f"{display_path(path)}: not valid YAML ({error})") from error
     if not isinstance(params, dict):
         raise UserError(f"{display_path(path)}: expected a mapping of sections (data, split, binary, ...)")
     return params
@@ -82,7 +82,7 @@ def validated(value: Any, key: str, schema: type[Value], path: Path = PARAMS_FIL
         return TypeAdapter(schema).validate_python(value, strict=True)
     except ValidationError as error:
         problems = _describe_errors(error.errors(), key, schema)
-        raise UserError(f"{display_path(path)}: invalid params:\n  " + "\n  ".join(problems)) from None
+        raise UserError(f"{display_path(path)}: invalid params:\n  " + "\n  ".join(problems)) from error
 
 
 def load_params(key: str, schema: type[Value], params_file: Path = PARAMS_FILE) -> Value:

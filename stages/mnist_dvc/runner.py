@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from joblib import parallel_config
+from sklearn.utils._param_validation import InvalidParameterError  # scikit-learn exports it nowhere else
 from threadpoolctl import threadpool_limits
 
 from mnist_dvc import numeric_profile
 from mnist_dvc.messages import UserError, log
 from mnist_dvc.workers import stage_workers
 
+DEBUG_VARIABLE = "MNIST_DVC_DEBUG"  # set to 1: a user error shows its traceback too
+
 
 @contextmanager
 def refused_by_estimator(key: str) -> Iterator[None]:
-    """A value scikit-learn refuses on this data (what the stages' own checks do not foresee): name the params."""
+    """A param value scikit-learn's own validation refuses (what the schema does not foresee): name the params.
+
+    Only scikit-learn's parameter validation, not any ValueError: one from a fit or a predict on bad data or from
+    the pipeline's own code is a bug, and keeps its traceback.
+    """
     try:
         yield
-    except ValueError as error:
+    except InvalidParameterError as error:
         reason = str(error).splitlines()[0]
-        raise UserError(f"params.yaml: {key}: scikit-learn refused it on this data ({reason})") from None
+        raise UserError(f"params.yaml: {key}: scikit-learn refused it ({reason})") from error
 
 
 def run_stage(main: Callable[[], None], description: str, parallel: bool = True) -> None:
@@ -31,7 +40,8 @@ def run_stage(main: Callable[[], None], description: str, parallel: bool = True)
     The profile was applied when the stage imported `numeric_profile`, before numpy loaded; here, with every library
     loaded, the stage says in one line if it is not in force. BLAS and OpenMP keep one thread in this process and so
     in its worker threads. A stage with no parallel work (`parallel=False`) runs in its own thread only, and so never
-    connects to a cluster. A user error ends the stage with one line and exit code 1.
+    connects to a cluster. A user error ends the stage with one line and exit code 1 (and, with
+    `MNIST_DVC_DEBUG=1`, the traceback behind it first); any other exception is a bug and shows its traceback.
     """
     argparse.ArgumentParser(description=description).parse_args()
     try:
@@ -43,5 +53,7 @@ def run_stage(main: Callable[[], None], description: str, parallel: bool = True)
             with stage_workers() if parallel else parallel_config(backend="sequential"):
                 main()
     except UserError as error:
+        if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):
+            traceback.print_exception(error)  # what led to the message, causes included
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
