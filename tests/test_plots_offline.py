@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -247,7 +248,10 @@ class DrawnCharts(HTMLParser):
 def chromium() -> str:
     path = shutil.which("chromium")
     if path is None:
-        pytest.fail("chromium is not installed: `apt-get install chromium` (.ci/run installs it)")
+        message = "chromium is not installed: `apt-get install chromium` (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must draw the page
+        pytest.skip(message)
     return path
 
 
