@@ -53,7 +53,7 @@ THRESHOLDED_SGD = "sgd_at_target_precision"  # its answers' column in the predic
 MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
 N_PIXELS = SIDE * SIDE
 DENOISED_SHOWN = 10  # test images the report shows noisy and cleaned
-DENOISE_CHUNK = 250  # test images cleaned at once: about 400 MB
+IMAGES_CLEANED_AT_ONCE = 250  # test images cleaned at once: about 400 MB
 
 
 def binary_outputs(model: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,8 +66,8 @@ def binary_outputs(model: Any, features: np.ndarray) -> tuple[np.ndarray, np.nda
 def clean_images(denoiser: Any, noisy: np.ndarray) -> np.ndarray:
     """The denoiser's clean pixels (0..255), in chunks: for 784 outputs, scikit-learn's KNN predicts through class
     probabilities of every output, about 1.6 MB per image (measured: 15 GB for 10,000 test images at once)."""
-    chunks = range(0, len(noisy), DENOISE_CHUNK)
-    return np.concatenate([denoiser.predict(noisy[start : start + DENOISE_CHUNK]) for start in chunks])
+    chunks = range(0, len(noisy), IMAGES_CLEANED_AT_ONCE)
+    return np.concatenate([denoiser.predict(noisy[start : start + IMAGES_CLEANED_AT_ONCE]) for start in chunks])
 
 
 def evaluate_binary(

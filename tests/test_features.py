@@ -89,7 +89,7 @@ def test_the_same_images_give_the_same_bytes_in_any_chunks(digits):
         whole = step.fit(features).transform(features).tobytes()
         assert step.transform(features).tobytes() == whole
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("mnist_dvc.features.CHUNK", 64)  # four chunks, the last one short
+            patch.setattr("mnist_dvc.features.IMAGES_PER_CHUNK", 64)  # four chunks, the last one short
             assert step.transform(features).tobytes() == whole
         assert np.vstack([step.transform(features[:1]), step.transform(features[1:])]).tobytes() == whole
 

@@ -26,8 +26,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from mnist_dvc import datasets, fetch, files, paths
-from mnist_dvc.fetch import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, IdxDataset, OpenML
+from mnist_dvc import datasets, files, idx, paths, sources
+from mnist_dvc.fetch import IdxDataset, OpenML
+from mnist_dvc.idx import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests
 from mnist_dvc.messages import UserError
 
 N_TRAIN = 20
@@ -65,7 +66,7 @@ TINY = IdxDataset(
     name="tiny",
     digests={
         name: Digests(content_sha256=(hashlib.sha256(CONTENT[name]).hexdigest(),), **sizes(name))
-        if name in fetch.IMAGE_FILES
+        if name in idx.IMAGE_FILES
         else Digests(gz_md5=(hashlib.md5(FILES[name]).hexdigest(),), **sizes(name))
         for name in IDX_FILES
     },
@@ -170,8 +171,8 @@ def tiny(monkeypatch: pytest.MonkeyPatch) -> None:
         "tiny", datasets.DIGITS, True, len(IMAGES), datasets.content_sha256(IMAGES, LABELS), TINY
     )
     monkeypatch.setitem(datasets.DATASETS, "tiny", entry)
-    monkeypatch.setattr(fetch, "TIMEOUT", 0.5)
-    monkeypatch.setattr(fetch, "BACKOFF", 0.0)
+    monkeypatch.setattr(sources, "TIMEOUT", 0.5)
+    monkeypatch.setattr(sources, "BACKOFF", 0.0)
 
 
 def load(cache: Path, *mirrors: str) -> datasets.Dataset:
@@ -473,7 +474,7 @@ def test_a_stored_copy_passes(server, cache):
 
 def test_a_trickling_mirror_is_given_up_at_the_deadline_for_one_file(server, cache, monkeypatch):
     """One byte every 50 ms never hits the timeout of a read, but the file's deadline ends it."""
-    monkeypatch.setattr(fetch, "DEADLINE", 0.3)
+    monkeypatch.setattr(sources, "DEADLINE", 0.3)
     trickle = Stream(FILES[TEST_IMAGES][:1], interval=0.05, total=20, announced=FULL_SIZE)
     url = server.publish("slow", {**FILES, TEST_IMAGES: trickle})
     start = time.monotonic()
@@ -486,8 +487,8 @@ def test_a_trickling_mirror_is_given_up_at_the_deadline_for_one_file(server, cac
 
 
 def test_no_retry_starts_after_the_deadline(server, cache, monkeypatch):
-    monkeypatch.setattr(fetch, "DEADLINE", 0.3)
-    monkeypatch.setattr(fetch, "BACKOFF", 0.2)
+    monkeypatch.setattr(sources, "DEADLINE", 0.3)
+    monkeypatch.setattr(sources, "BACKOFF", 0.2)
     url = server.publish("busy", {**FILES, TEST_IMAGES: 503})
     assert failed_sources(cache, url) == [f"{url}: {TEST_IMAGES}: HTTP 503 Service Unavailable (2 attempts)"]
     assert server.requests.count(f"/busy/{TEST_IMAGES}") == 2
@@ -503,7 +504,7 @@ def test_transient_http_errors_are_retried_until_the_file_arrives(server, cache)
 @pytest.mark.parametrize(("code", "transient"), [(500, True), (502, True), (503, True), (429, True), (404, False)])
 def test_server_errors_and_too_many_requests_are_transient_not_found_is_not(code, transient):
     error = urllib.error.HTTPError("http://mirror/file", code, "reason", {}, None)  # type: ignore[arg-type]
-    assert fetch.describe(error) == (f"HTTP {code} reason", transient)
+    assert sources.describe(error) == (f"HTTP {code} reason", transient)
 
 
 def test_a_label_file_known_by_its_gz_digest_refuses_a_recompressed_copy(server, cache):
@@ -603,8 +604,8 @@ def test_an_openml_failure_is_listed_last(server, cache, openml_calls, monkeypat
     ids=["short-header", "magic", "dimensions", "extra-byte", "missing-byte", "label-range"],
 )
 def test_the_idx_reader_refuses_what_does_not_match_its_header(content, images, message):
-    with pytest.raises(fetch.SourceError, match=f"^{re.escape(message)}$"):
-        fetch.parse_idx(content, images, n_classes=10)
+    with pytest.raises(sources.SourceError, match=f"^{re.escape(message)}$"):
+        idx.parse_idx(content, images, n_classes=10)
 
 
 def test_verify_names_a_content_checksum_mismatch():

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
-from mnist_dvc.fetch import Digests, IdxDataset, OpenML, SourceError, fetch_dataset, idx_size, pixel_rows_to_images
+from mnist_dvc.fetch import IdxDataset, OpenML, fetch_dataset
+from mnist_dvc.idx import Digests, idx_size, pixel_rows_to_images
 from mnist_dvc.messages import UserError
 from mnist_dvc.schema import Params
+from mnist_dvc.sources import SourceError
 
 DIGITS = tuple(str(digit) for digit in range(10))
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

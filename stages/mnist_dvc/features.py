@@ -23,7 +23,7 @@ from mnist_dvc.workers import map_in_order
 PIXELS = SIDE * SIDE
 CENTRE = (SIDE - 1) / 2  # pixel centres run from 0 to 27
 # Images per chunk of a step at most: bounds the memory of its intermediate arrays.
-CHUNK = 1000
+IMAGES_PER_CHUNK = 1000
 # HOG's float64 intermediates per chunk (the votes, pixels x orientations, and the blocks, up to three copies of the
 # larger): a chunk holds fewer images when HOG's params make them wide. Measured with tracemalloc: ~120 MB for 1,000
 # images with the defaults, ~250 MB beside the result with the widest params allowed.
@@ -160,15 +160,17 @@ def hog_images(images: np.ndarray, orientations: int, pixels_per_cell: int, cell
     return blocks.reshape(n, -1).astype(np.float32)
 
 
-def map_chunks(function: Callable[..., np.ndarray], images: np.ndarray, *args: Any, size: int = CHUNK) -> np.ndarray:
-    """`function` on chunks of `size` images (at most CHUNK) on the stage's workers, its results' rows written in order
-    into one array.
+def map_chunks(
+    function: Callable[..., np.ndarray], images: np.ndarray, *args: Any, size: int = IMAGES_PER_CHUNK
+) -> np.ndarray:
+    """`function` on chunks of `size` images (at most IMAGES_PER_CHUNK) on the stage's workers, its results' rows
+    written in order into one array.
 
     Each image is computed alone, so the result does not depend on the chunks or the workers (tested), only the memory
     does: a few chunks' intermediates and the result, never the result twice as concatenating the chunks' results
     would. Inside a job (a model's predict on a worker) the chunks run one after the other.
     """
-    size = max(1, min(size, CHUNK))
+    size = max(1, min(size, IMAGES_PER_CHUNK))
     starts = range(0, len(images), size)
     results = map_in_order(function, [(images[start : start + size], *args) for start in starts])
     first = next(results)
@@ -210,7 +212,8 @@ class HogFeatures(PerImageTransformer):
         return np.hstack([descriptors, X.astype(np.float32)])
 
     def images_per_chunk(self) -> int:
-        """As many images as keep HOG's intermediates within HOG_CHUNK_BYTES (`map_chunks` takes CHUNK at most)."""
+        """As many images as keep HOG's intermediates within HOG_CHUNK_BYTES (`map_chunks` takes IMAGES_PER_CHUNK at
+        most)."""
         widest = max(PIXELS * self.orientations, self.n_hog_features())
         return HOG_CHUNK_BYTES // (3 * 8 * widest)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from joblib import Parallel, delayed, parallel_config
+from joblib import Parallel, cpu_count, delayed, parallel_config
 
 from mnist_dvc import cluster
 from mnist_dvc.messages import UserError, log
@@ -32,7 +32,8 @@ Job = tuple[str, Callable[..., Any], tuple[Any, ...]]  # a name for the progress
 
 
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The cores this process may use: joblib's count honours the CPU affinity and a container's CPU quota."""
+    return cpu_count()
 
 
 def n_jobs() -> int:
