@@ -22,7 +22,10 @@ import heapq
 import json
 import math
 import os
+import platform
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +58,22 @@ class Measured:
     tree_peak_mb: float  # all processes of the stage at once, sampled
     workers_peak_mb: float = 0.0  # all Dask workers at once, sampled
     tasks: tuple[tuple[float, float], ...] = ()  # (start, seconds) of each task the Dask scheduler ran for it
+
+
+def check_override(override: str, params: dict) -> str | None:
+    """Why a `--set KEY=VALUE` cannot apply to params.yaml, or None: no `=`, or a key params.yaml does not have."""
+    if "=" not in override:
+        return f"--set {override}: expected KEY=VALUE, e.g. multiclass.cv_folds=5"
+    key = override.split("=", 1)[0]
+    node: object = params
+    for depth, part in enumerate(key.split(".")):
+        if not isinstance(node, dict) or part not in node:
+            known = ", ".join(node) if isinstance(node, dict) else "none: it is a value"
+            return (
+                f"--set {override}: params.yaml has no key {'.'.join(key.split('.')[: depth + 1])!r} (there: {known})"
+            )
+        node = node[part]
+    return None
 
 
 def prepare(workspace: Path, dataset: str, mirrors: list[str], overrides: list[str]) -> list[str]:
@@ -214,53 +233,166 @@ def report(dataset: str, results: list[Measured], metrics: dict, selected: str) 
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One full run: each stage measured, the test metrics, the chosen model, and the outputs' hashes."""
+
+    stages: list[Measured]
+    metrics: dict
+    chosen: str
+    outputs: dict[str, str]  # each out's md5 in dvc.lock
+
+    @property
+    def seconds(self) -> float:
+        return sum(stage.seconds for stage in self.stages)
+
+
+def outputs_of(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {f"{name}:{out['path']}": out["md5"] for name, stage in lock["stages"].items() for out in stage["outs"]}
+
+
+def run_once(args: argparse.Namespace, workspace: Path) -> Run:
+    """The whole pipeline in a fresh copy of the repo under `workspace`, with a fresh download cache."""
+    env = tool_env(MNIST_DVC_CACHE=str(workspace / "download-cache"))
+    repo = workspace / "repo"
+    mirrors = [mirror if "://" in mirror else str(Path(mirror).resolve()) for mirror in args.mirror]
+    stages = prepare(repo, args.dataset, mirrors, args.set)
+    results = []
+    with contextlib.ExitStack() as stack:
+        client, workers = None, []
+        if args.dask_workers:
+            from distributed import Client
+
+            cluster = stack.enter_context(dask_cluster(workspace / "cluster", args.dask_workers))
+            env["MNIST_DVC_DASK_SCHEDULER"] = cluster.address
+            workers = [worker.pid for worker in cluster.workers]
+            client = stack.enter_context(Client(cluster.address))
+            client.get_task_stream()  # the scheduler starts recording tasks
+        for stage in stages:
+            started = time.time()
+            result = run_stage(stage, repo, env, workspace / f"{stage}.log", workers)
+            if client is not None:
+                result = dataclasses.replace(result, tasks=task_durations(client.get_task_stream(start=started)))
+            results.append(result)
+            print(f"{stage}: {result.seconds:.1f} s", file=sys.stderr, flush=True)
+    metrics = json.loads((repo / "reports" / "metrics" / "test.json").read_text())
+    chosen = json.loads((repo / "data" / "models" / "multiclass" / "manifest.json").read_text())["chosen"]
+    return Run(results, metrics, chosen, outputs_of(repo))
+
+
+def machine() -> str:
+    """The CPU's model name, its core count and the memory: where the numbers were measured."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    return f"{model}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+
+
+def markdown(args: argparse.Namespace, command: str, runs: list[Run]) -> str:
+    """The runs as a Markdown page: per stage the median time and the largest peak memory, the targets, the test
+    accuracy of each multiclass model, and on a cluster the modelled scaling of the median run."""
+    names = [stage.stage for stage in runs[0].stages]
+    median_run = sorted(runs, key=lambda run: run.seconds)[len(runs) // 2]
+    where = (
+        f"a local Dask cluster of {args.dask_workers} single-thread workers" if args.dask_workers else "local threads"
+    )
+    lines = [
+        f"## {args.dataset}, {len(runs)} run{'s' if len(runs) > 1 else ''} on {where}",
+        "",
+        f"`{command}` on {machine()}.",
+        "",
+        "| stage | wall time, s (median) | peak memory of one process, MB (largest) |"
+        + (" Dask workers together, MB (largest) |" if args.dask_workers else ""),
+        "|---|---|---|" + ("---|" if args.dask_workers else ""),
+    ]
+    for index, name in enumerate(names):
+        seconds = statistics.median(run.stages[index].seconds for run in runs)
+        peak = max(run.stages[index].peak_mb for run in runs)
+        row = f"| {name} | {seconds:.1f} | {peak:,.0f} |"
+        if args.dask_workers:
+            row += f" {max(run.stages[index].workers_peak_mb for run in runs):,.0f} |"
+        lines.append(row)
+    totals = ", ".join(f"{run.seconds:.1f}" for run in runs)
+    peak = max(stage.peak_mb for run in runs for stage in run.stages)
+    median = statistics.median(run.seconds for run in runs)
+    lines.append(f"| **end to end** | **{median:.1f}** (runs: {totals}) | **{peak:,.0f}** |")
+    same = all(run.outputs == runs[0].outputs for run in runs)
+    lines += ["", f"Every output byte the same in every run: {'yes' if same else 'NO'}."]
+    accuracy = median_run.metrics["multiclass"]
+    lines += [
+        "",
+        f"Test accuracy of each multiclass model (chosen on the validation images: `{median_run.chosen}`): "
+        + ", ".join(f"`{name}` {model['test']['accuracy']:.4f}" for name, model in accuracy.items())
+        + ".",
+        "",
+        "Targets: "
+        + "; ".join(f"{'met' if met else 'MISSED'}: {text}" for text, met in checks(args.dataset, median_run))
+        + ".",
+    ]
+    if args.dask_workers:
+        lines += [
+            "",
+            "Modelled seconds on N workers, from the median run's task durations:",
+            "",
+            "```",
+            scaling_table(median_run.stages, args.dask_workers),
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def checks(dataset: str, run: Run) -> list[tuple[str, bool]]:
+    peak = max(stage.peak_mb for stage in run.stages)
+    found = [
+        (f"end to end {run.seconds:.0f} s <= {TARGET_SECONDS} s", run.seconds <= TARGET_SECONDS),
+        (f"peak RSS {peak:,.0f} MB <= {TARGET_RSS_MB:,} MB", peak <= TARGET_RSS_MB),
+    ]
+    if dataset in TARGET_ACCURACY:
+        target, accuracy = TARGET_ACCURACY[dataset], run.metrics["multiclass"][run.chosen]["test"]["accuracy"]
+        found.append((f"chosen model's test accuracy {accuracy:.4f} >= {target}", accuracy >= target))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="data.dataset, e.g. fashion-mnist or mnist")
     parser.add_argument("--mirror", action="append", default=[], help="data.mirrors entry (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a params override")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch copy and print where it is")
+    parser.add_argument("--runs", type=int, default=1, help="how many times to run it (medians are reported)")
+    parser.add_argument("--markdown", type=Path, help="also write the results as a Markdown page there")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copies and print where they are")
     parser.add_argument(
         "--dask-workers", type=int, default=0, metavar="N", help="run on a local Dask cluster of N workers (processes)"
     )
     args = parser.parse_args()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for override in args.set:
+        if reason := check_override(override, params):
+            parser.error(reason)
+    if args.runs < 1:
+        parser.error(f"--runs {args.runs}: expected at least 1")
 
-    workspace = Path(tempfile.mkdtemp(prefix="mnist-dvc-bench-"))
-    try:
-        env = tool_env(MNIST_DVC_CACHE=str(workspace / "download-cache"))
-        repo = workspace / "repo"
-        mirrors = [mirror if "://" in mirror else str(Path(mirror).resolve()) for mirror in args.mirror]
-        stages = prepare(repo, args.dataset, mirrors, args.set)
-        results = []
-        with contextlib.ExitStack() as stack:
-            client, workers = None, []
-            if args.dask_workers:
-                from distributed import Client
-
-                cluster = stack.enter_context(dask_cluster(workspace / "cluster", args.dask_workers))
-                env["MNIST_DVC_DASK_SCHEDULER"] = cluster.address
-                workers = [worker.pid for worker in cluster.workers]
-                client = stack.enter_context(Client(cluster.address))
-                client.get_task_stream()  # the scheduler starts recording tasks
-            for stage in stages:
-                started = time.time()
-                result = run_stage(stage, repo, env, workspace / f"{stage}.log", workers)
-                if client is not None:
-                    result = dataclasses.replace(result, tasks=task_durations(client.get_task_stream(start=started)))
-                results.append(result)
-                print(f"{stage}: {result.seconds:.1f} s", file=sys.stderr, flush=True)
-        metrics = json.loads((repo / "reports" / "metrics" / "test.json").read_text())
-        selected = json.loads((repo / "data" / "models" / "multiclass" / "manifest.json").read_text())["chosen"]
+    runs = []
+    for number in range(args.runs):
+        workspace = Path(tempfile.mkdtemp(prefix="mnist-dvc-bench-"))
+        try:
+            run = run_once(args, workspace)
+        finally:
+            if args.keep:
+                print(f"scratch copy kept in {workspace}", file=sys.stderr)
+            else:
+                shutil.rmtree(workspace)
+        runs.append(run)
         where = f"a local Dask cluster of {args.dask_workers} workers" if args.dask_workers else "local threads"
-        print(f"{args.dataset}, {os.cpu_count()} CPUs, {where}\n{report(args.dataset, results, metrics, selected)}")
+        print(f"run {number + 1}: {args.dataset}, {os.cpu_count()} CPUs, {where}")
+        print(report(args.dataset, run.stages, run.metrics, run.chosen))
         if args.dask_workers:
-            print(f"\nmodelled seconds on N workers (from {sum(len(r.tasks) for r in results)} tasks' durations)")
-            print(scaling_table(results, args.dask_workers))
-    finally:
-        if args.keep:
-            print(f"scratch copy kept in {workspace}", file=sys.stderr)
-        else:
-            shutil.rmtree(workspace)
+            print(f"\nmodelled seconds on N workers (from {sum(len(r.tasks) for r in run.stages)} tasks' durations)")
+            print(scaling_table(run.stages, args.dask_workers))
+    if args.markdown is not None:
+        command = "python benchmarks/run_full.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+        args.markdown.write_text(markdown(args, command, runs))
 
 
 if __name__ == "__main__":
