@@ -68,7 +68,11 @@ def forest_scores(forest: RandomForestClassifier, features: np.ndarray, target: 
 
 
 def out_of_sample_scores(
-    models: dict[str, Any], features: np.ndarray, target: np.ndarray, params: BinaryParams
+    models: dict[str, Any],
+    features: np.ndarray,
+    target: np.ndarray,
+    params: BinaryParams,
+    held_out_split: tuple[np.ndarray, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], RandomForestClassifier, tuple[Any, dict[str, Any]]]:
     """Scores for every training image from models that did not learn from it, as jobs on the stage's workers: the
     forest's out-of-bag scores (on its first `max_train_samples` images), the CV folds of SGD and the dummy, and,
@@ -78,7 +82,7 @@ def out_of_sample_scores(
     folds = list(StratifiedKFold(n_splits=params.cv_folds).split(features, target))
     jobs: list[Job] = [
         ("forest: out-of-bag scores", forest_scores, (models["forest"], forest_features, forest_target)),
-        ("sgd: threshold on held-out images", thresholded_sgd_job, (params, features, target)),
+        ("sgd: threshold on held-out images", thresholded_sgd_job, (params, features, target, *held_out_split)),
     ]
     for name in ("sgd", "dummy"):
         jobs += [
@@ -113,12 +117,39 @@ def oob_scores(forest: RandomForestClassifier) -> np.ndarray:
     return votes[:, 1]
 
 
-def thresholded_sgd_job(params: BinaryParams, features: np.ndarray, target: np.ndarray) -> tuple[Any, dict[str, Any]]:
+def threshold_split(params: BinaryParams, target: np.ndarray, class_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The training images the deployed SGD learns from, and those its threshold is chosen on (stratified, seeded):
+    the second part must hold both answers, or no threshold can be chosen on it."""
+    n_held = int(np.ceil(params.threshold_holdout * len(target)))
+    positives = int(target.sum())
+    minimum = -(-len(target) // min(positives, len(target) - positives))  # one of the rarer answer, in proportion
+    key = f"params.yaml: binary.threshold_holdout = {params.threshold_holdout}"
+    advice = f"use at least {minimum / len(target):.4g}"
+    if n_held < 2:
+        raise UserError(f"{key} holds out {n_held} of {len(target)} training images: {advice}")
+    learn, held_out = train_test_split(
+        np.arange(len(target)), test_size=params.threshold_holdout, stratify=target, random_state=params.threshold_seed
+    )
+    held_positives = int(target[held_out].sum())
+    if held_positives in (0, len(held_out)):
+        some = "none" if held_positives == 0 else "all"
+        raise UserError(
+            f"{key} holds out {len(held_out)} training images, {some} of them '{class_name}': the threshold is chosen "
+            f"among both answers: {advice}"
+        )
+    return learn, held_out
+
+
+def thresholded_sgd_job(
+    params: BinaryParams, features: np.ndarray, target: np.ndarray, learn: np.ndarray, held_out: np.ndarray
+) -> tuple[Any, dict[str, Any]]:
     with refused_by_estimator("binary.sgd"):
-        return thresholded_sgd(params, features, target)
+        return thresholded_sgd(params, features, target, (learn, held_out))
 
 
-def thresholded_sgd(params: BinaryParams, features: np.ndarray, target: np.ndarray) -> tuple[Any, dict[str, Any]]:
+def thresholded_sgd(
+    params: BinaryParams, features: np.ndarray, target: np.ndarray, split: tuple[np.ndarray, np.ndarray]
+) -> tuple[Any, dict[str, Any]]:
     """The deployed SGD: it says 'yes' from the lowest score reaching the target precision, chosen on its own scores.
 
     The chapter picks the threshold on cross-validated scores; applied to a model refitted on every image, whose
@@ -127,16 +158,15 @@ def thresholded_sgd(params: BinaryParams, features: np.ndarray, target: np.ndarr
     threshold is chosen on the others, scored by that same SGD; the saved model is that SGD with its threshold
     (scikit-learn's FixedThresholdClassifier), so `predict` applies the threshold where it was chosen.
     """
-    learn, held_out = train_test_split(
-        np.arange(len(target)), test_size=params.threshold_holdout, stratify=target, random_state=params.threshold_seed
-    )
+    learn, held_out = split
     sgd = SGDClassifier(**params.sgd.model_dump()).fit(features[learn], target[learn])
     scores = sgd.decision_function(features[held_out])
     reached = threshold_for_precision(target[held_out], scores, params.target_precision)
     if reached is None:
         raise UserError(
             f"params.yaml: binary.target_precision = {params.target_precision}: no threshold of SGD reaches it on the "
-            f"{len(held_out)} held-out training images; choose a lower target"
+            f"{len(held_out)} held-out training images; choose a lower target, or hold out more images "
+            "(binary.threshold_holdout)"
         )
     threshold, recall = reached
     model = FixedThresholdClassifier(FrozenEstimator(sgd), threshold=threshold, response_method="decision_function")
@@ -180,7 +210,8 @@ def main() -> None:
     check_forest_subset(target[: params.forest.max_train_samples], params.forest.max_train_samples, class_name)
 
     models = build_models(params)
-    scores, models["forest"], (models["sgd"], threshold_choice) = out_of_sample_scores(models, features, target, params)
+    split = threshold_split(params, target, class_name)
+    scores, models["forest"], (models["sgd"], choice) = out_of_sample_scores(models, features, target, params, split)
     with refused_by_estimator("binary.dummy"):
         models["dummy"].fit(features, target)
     metrics: dict[str, Any] = {}
@@ -192,8 +223,8 @@ def main() -> None:
         reached = threshold_for_precision(model_target, scores[name], params.target_precision)
         metrics[name] = {kind: evaluate_scores(model_target, scores[name], decision_cutoff(models[name]), reached)}
         log(f"{name}: {metrics[name][kind]}")
-    metrics["sgd"]["threshold_choice"] = threshold_choice
-    log(f"sgd: {threshold_choice}")
+    metrics["sgd"]["threshold_choice"] = choice
+    log(f"sgd: {choice}")
 
     # Outputs only once every model is fitted: a refused param leaves nothing behind.
     for name, model in models.items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import tracemalloc
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,7 @@ def test_a_model_at_one_revision_only_is_skipped_with_a_note(labels):
         ("multiclass", b"truth,knn\n1,1\n2\n", "a missing or non-numeric value"),
         ("multiclass", b"truth,knn\n1,x\n", "a missing or non-numeric value"),
         ("multiclass", b"truth,knn\n1,1.5\n", "not a whole number from 0"),
+        ("multiclass", b"truth,knn\n1,99999999999999999999\n", "not a whole number from 0 to 2,147,483,647"),
         ("binary", b"truth,sgd,sgd_score\n1,2,0.5\n", "neither 0 nor 1"),
         ("binary", b"truth,sgd,sgd_score,forest\n1,1,0.5,1\n", "do not pair up (forest)"),
         ("multilabel", b"large,odd\n1,1\n", "no column 'truth_*'"),
@@ -233,6 +236,29 @@ def test_a_revision_that_cannot_be_read_is_a_one_line_error(history, args, messa
     result = compare(history, *args, check=False)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith(message) and len(result.stderr.splitlines()) == 1
+
+
+def test_without_git_on_the_path_it_says_so_in_one_line(history, tmp_path):
+    (tmp_path / "bin").mkdir()
+    result = run([sys.executable, str(TOOL), "HEAD"], history, check=False, PATH=str(tmp_path / "bin"))
+    assert result.returncode == 1
+    assert result.stderr == "error: git is not installed, or not on PATH: compare.py reads the revisions with git\n"
+
+
+def test_the_bootstrap_holds_a_bounded_memory_on_a_large_test_set():
+    """50,000 test images: the draws as small integers, the metrics on a batch of resamples at a time."""
+    images = 50_000
+    rng = np.random.default_rng(1)
+    truth, scores = rng.integers(0, 2, images), rng.random(images)
+    tracemalloc.start()
+    try:
+        paired_bootstrap(
+            partial(roc_auc, truth=truth, scores=scores), partial(roc_auc, truth=truth, scores=scores * 2), images
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 700 * 2**20  # drawn and scored all at once: 5.7 GB
 
 
 def test_a_changed_test_set_or_a_damaged_file_is_a_one_line_error(history, labels):

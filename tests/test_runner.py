@@ -26,7 +26,7 @@ def test_more_workers_than_cores_are_capped(monkeypatch, capsys):
     assert f"{JOBS_VARIABLE}=32, but only 2 cores are available: using 2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", "\u00b2", "\u0663"])
 def test_a_bad_worker_count_is_named(monkeypatch, value):
     monkeypatch.setenv(JOBS_VARIABLE, value)
     with pytest.raises(UserError, match=f"{JOBS_VARIABLE}={value!r}: expected a whole number of workers, at least 1"):

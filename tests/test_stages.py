@@ -12,6 +12,7 @@ import train_binary
 import train_multiclass
 from conftest import ROOT
 from mnist_dvc import figures, metrics
+from mnist_dvc.messages import UserError
 from mnist_dvc.schema import BinaryParams, MulticlassModels, MulticlassParams, SplitParams
 
 
@@ -72,7 +73,8 @@ def test_binary_scores_beat_the_dummy_on_real_digits(sample):
     params = BinaryParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["binary"])
     features, target = images.reshape(len(images), -1) / 255, labels == params.digit
     models = train_binary.build_models(params)
-    scores, forest, (deployed, _) = train_binary.out_of_sample_scores(models, features, target, params)
+    split = train_binary.threshold_split(params, target, "5")
+    scores, forest, (deployed, _) = train_binary.out_of_sample_scores(models, features, target, params, split)
     results = {}
     for name, model in {**models, "forest": forest}.items():
         assert scores[name].shape == (len(target),)
@@ -88,7 +90,7 @@ def test_binary_scores_beat_the_dummy_on_real_digits(sample):
     assert scores["sgd"].tobytes() == expected.tobytes()
     expected = cross_val_predict(models["dummy"], features, target, cv=folds, method="predict_proba")[:, 1]
     assert scores["dummy"].tobytes() == expected.tobytes()
-    assert np.isclose(deployed.threshold, train_binary.thresholded_sgd(params, features, target)[0].threshold)
+    assert np.isclose(deployed.threshold, train_binary.thresholded_sgd(params, features, target, split)[0].threshold)
 
 
 def test_every_multiclass_model_learns_the_digits(sample):
@@ -233,3 +235,34 @@ def test_deskewing_follows_the_dataset_unless_set():
     for handwritten in (True, False):
         models = train_multiclass.build_models(MulticlassParams.model_validate(raw), handwritten=handwritten)
         assert models["svc_hog"][0].named_steps["deskew"].enabled is handwritten
+
+
+@pytest.mark.parametrize(
+    ("holdout", "expected"),
+    [
+        (0.001, "binary.threshold_holdout = 0.001 holds out 1 of 600 training images: use at least 0.01667"),
+        (0.004, "binary.threshold_holdout = 0.004 holds out 3 training images, none of them '5': the threshold is"),
+    ],
+)
+def test_a_holdout_too_small_to_choose_a_threshold_names_the_holdout(sample, holdout, expected):
+    _, labels = sample
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["binary"]
+    params = BinaryParams.model_validate({**raw, "threshold_holdout": holdout})
+    with pytest.raises(UserError, match=expected.replace("(", r"\(").replace("?", r"\?")):
+        train_binary.threshold_split(params, labels == 5, "5")
+
+
+def test_shifted_copies_come_after_deskewing_and_change_what_the_model_learns(sample):
+    images, labels = sample
+    features = images.reshape(len(images), -1).astype(np.float32) / 255
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
+    svc_hog = {**raw["models"]["svc_hog"], "deskew": True, "pca_components": 20}
+    plain = MulticlassParams.model_validate({**raw, "models": {"svc_hog": svc_hog}})
+    shifted = MulticlassParams.model_validate({**raw, "models": {"svc_hog": {**svc_hog, "augment_shifts": True}}})
+    (model, _) = train_multiclass.build_models(shifted, handwritten=True)["svc_hog"]
+    assert list(model.named_steps) == ["deskew", "shifted"]  # deskewed images are shifted, not the other way round
+    predictions = {}
+    for name, params in (("plain", plain), ("shifted", shifted)):
+        (model, _) = train_multiclass.build_models(params, handwritten=True)["svc_hog"]
+        predictions[name] = model.fit(features[:300], labels[:300]).predict(features[300:])
+    assert (predictions["plain"] != predictions["shifted"]).any()  # the copies teach it something

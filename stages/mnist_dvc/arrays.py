@@ -8,7 +8,7 @@ from tokenize import TokenError
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mnist_dvc.files import atomic_path, read_json
+from mnist_dvc.files import atomic_path, read_json, record_input
 from mnist_dvc.messages import UserError
 from mnist_dvc.paths import SPLIT_DIR, display_path
 
@@ -38,6 +38,7 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 def load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
     """Load a .npy file written by a stage, checking it is what the pipeline expects."""
+    record_input(path)
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import urllib.parse
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pydantic import Field, field_validator
 from mnist_dvc.fetch import IdxDataset, OpenML, fetch_dataset
 from mnist_dvc.idx import Digests, idx_size, pixel_rows_to_images
 from mnist_dvc.messages import UserError
+from mnist_dvc.params import quoted
 from mnist_dvc.schema import Params
 from mnist_dvc.sources import SourceError
 
@@ -208,6 +210,27 @@ def verify(name: str, dataset: Dataset) -> None:
         raise UserError(f"dataset '{name}': content checksum mismatch (expected {spec.content_sha256}, got {got})")
 
 
+def mirror_problem(mirror: str) -> str | None:
+    """Why a `data.mirrors` entry cannot be a source, or None."""
+    if "\x00" in mirror:
+        return "contains a NUL character"
+    if "://" in mirror:
+        try:
+            parts = urllib.parse.urlsplit(mirror)
+        except ValueError as error:
+            return f"not a valid URL ({error})"
+        if parts.scheme.lower() not in ("https", "http", "file"):
+            return f"unsupported URL scheme '{parts.scheme}' (use https://, http://, file:// or a folder)"
+        if parts.scheme.lower() != "file" and not parts.hostname:
+            return "a URL without a host"
+        return None
+    try:
+        Path(mirror).expanduser()
+    except RuntimeError:  # `~user` of a user this machine does not have
+        return f"{mirror.split('/', 1)[0]} names no user of this machine"
+    return None
+
+
 class DataParams(Params):
     """The `data` section of params.yaml: which registry entry, and extra sources to try first."""
 
@@ -220,3 +243,12 @@ class DataParams(Params):
         if name not in DATASETS:
             raise ValueError(f"unknown dataset, allowed: {', '.join(DATASETS)}")
         return name
+
+    @field_validator("mirrors")
+    @classmethod
+    def usable_mirrors(cls, mirrors: list[str]) -> list[str]:
+        """Each entry a URL with a scheme the download reads, or a folder that can be named."""
+        for number, mirror in enumerate(mirrors, start=1):
+            if reason := mirror_problem(mirror):
+                raise ValueError(f"entry {number} {quoted(repr(mirror))}: {reason}")
+        return mirrors

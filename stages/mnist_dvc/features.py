@@ -255,9 +255,9 @@ class ShiftAugmented(ClassifierMixin, BaseEstimator):
     A model that has seen a digit one pixel off learns that position does not matter (the book's exercise). The
     copies are made in `fit` only, so in `cross_val_predict` or a `Pipeline` each training fold is augmented and
     the images scored are not. `X` must be the 784 pixels: wrap the feature steps, never follow them (HOG features
-    cannot be shifted). Not with `Deskew` inside `estimator`: it moves each copy's centre of mass back to the image
-    centre, so a copy comes out identical to its original (unless the shift pushed ink off the border) and the
-    model trains on five duplicates. Fitting holds five times the training images in memory.
+    cannot be shifted). After `Deskew`, not inside: deskewing moves each copy's centre of mass back to the image
+    centre, so a copy would come out identical to its original (unless the shift pushed ink off the border).
+    Fitting holds five times the training images in memory.
     """
 
     def __init__(self, estimator: BaseEstimator, shift: int = 1) -> None:

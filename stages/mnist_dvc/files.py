@@ -22,6 +22,51 @@ from mnist_dvc.paths import display_path
 
 STALE_SECONDS = 3600  # a temporary file untouched this long is a killed writer's, not a running one's
 
+# Every file the stage has read, as it was when first read: (modification time, size, inode). None outside a stage
+# (`watch_inputs` starts it): a test or a notebook may rewrite what it read.
+_inputs: dict[Path, tuple[int, int, int] | None] | None = None
+
+
+def watch_inputs() -> None:
+    """From now on, remember every file read, for `check_inputs_unchanged` (`runner.run_stage` calls it)."""
+    global _inputs
+    _inputs = {}
+
+
+def record_input(path: Path) -> None:
+    """Remember `path` as the stage read it, so that `changed_inputs` can tell if it changed before the end."""
+    if _inputs is not None and path not in _inputs:
+        _inputs[path] = _stat(path)
+
+
+def changed_inputs() -> list[Path]:
+    """The files read since the stage started that another process has changed, replaced or removed since.
+
+    DVC hashes a stage's params and deps after the stage ends: a file changed meanwhile (a second `dvc exp run` in
+    the same workspace rewrites params.yaml) would be recorded as what the stage used.
+    """
+    return [path for path, seen in (_inputs or {}).items() if _stat(path) != seen]
+
+
+def check_inputs_unchanged() -> None:
+    """Stop the stage, before it writes or as it ends, if a file it read has changed since: its outputs would be
+    computed from the old contents while DVC records the new ones."""
+    changed = changed_inputs()
+    if changed:
+        raise UserError(
+            f"{', '.join(display_path(path) for path in changed)} changed while the stage ran (another `dvc exp run` "
+            "or `dvc repro` in this workspace?): the stage stops, so that DVC does not record inputs its outputs were "
+            "not computed from; run it again"
+        )
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size, status.st_ino
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -56,6 +101,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     A killed or failing stage therefore never leaves a file that looks complete; the temporary files of a
     killed one are removed by the next write into the same folder once they are stale.
     """
+    check_inputs_unchanged()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent)
@@ -92,6 +138,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    record_input(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as error:
@@ -137,6 +184,7 @@ def read_csv(path: Path, columns: Sequence[str], text: Sequence[str] = ()) -> di
     import pandas as pd
 
     shown = display_path(path)
+    record_input(path)
     try:
         with warnings.catch_warnings():
             # A row longer than the header would otherwise shift a column into the index without a word.

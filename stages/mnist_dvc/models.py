@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from mnist_dvc.arrays import DAMAGED_NPY
-from mnist_dvc.files import write_bytes
+from mnist_dvc.files import record_input, write_bytes
 from mnist_dvc.messages import UserError
 from mnist_dvc.paths import display_path
 
@@ -118,6 +118,7 @@ def read_model(path: Path) -> Any:
     import skops.io as sio
 
     shown = display_path(path)
+    record_input(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError as error:

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.events import AliasEvent
 
+from mnist_dvc.files import record_input
 from mnist_dvc.messages import UserError
 from mnist_dvc.paths import PARAMS_FILE, display_path
 from mnist_dvc.schema import AllParams
@@ -48,7 +50,7 @@ def _describe_errors(errors: list[Any], key: str, schema: Any) -> list[str]:
             lines.setdefault(f"{path}: missing (required)", [])
         else:
             message = error["msg"].removeprefix("Value error, ")  # pydantic's wording for a validator's message
-            lines.setdefault(f"{path} = {error['input']!r}", []).append(message)
+            lines.setdefault(f"{path} = {quoted(repr(error['input']))}", []).append(quoted(message, 200))
     return [f"{head}: {' or '.join(messages)}" if messages else head for head, messages in lines.items()]
 
 
@@ -64,16 +66,38 @@ def read_key(params: Any, key: str) -> Any:
 
 
 def read_params_file(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """params.yaml as a mapping of sections, or a message saying why it is not one."""
+    """params.yaml as a mapping of sections, read as DVC reads it, or a message saying why it is not one.
+
+    DVC reads params.yaml with ruamel.yaml (YAML 1.2): `1e-05` is a number, `yes` a string. Reading it the same way
+    makes what `dvc params diff` shows what a stage used (PyYAML, YAML 1.1, read `1e-05` as a string).
+    """
     try:
-        params = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        refuse_aliases(text, path)
+        params = YAML(typ="safe").load(text)
     except OSError as error:
         raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from error
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise UserError(f"{display_path(path)}: not valid YAML ({error})") from error
+    except (YAMLError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())
+        raise UserError(f"{display_path(path)}: not valid YAML ({quoted(reason, 300)})") from error
     if not isinstance(params, dict):
         raise UserError(f"{display_path(path)}: expected a mapping of sections (data, split, binary, ...)")
+    record_input(path)
     return params
+
+
+def refuse_aliases(text: str, path: Path) -> None:
+    """YAML anchors and aliases would let a few lines expand to gigabytes while the file is read: params.yaml has no
+    use for them, so they are refused before anything is built."""
+    for event in YAML(typ="safe").parse(text):
+        if isinstance(event, AliasEvent) or getattr(event, "anchor", None):
+            line = event.start_mark.line + 1
+            raise UserError(f"{display_path(path)}: line {line}: YAML anchors (&) and aliases (*) are not allowed here")
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """`text` as a message quotes it: at most `limit` characters, the cut said."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def validated(value: Any, key: str, schema: type[Value], path: Path = PARAMS_FILE) -> Value:

@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import InvalidParameterError  # scikit-lear
 from threadpoolctl import threadpool_limits
 
 from mnist_dvc import numeric_profile
+from mnist_dvc.files import check_inputs_unchanged, watch_inputs
 from mnist_dvc.messages import UserError, log
 from mnist_dvc.workers import stage_workers
 
@@ -44,6 +45,7 @@ def run_stage(main: Callable[[], None], description: str, parallel: bool = True)
     `MNIST_DVC_DEBUG=1`, the traceback behind it first); any other exception is a bug and shows its traceback.
     """
     argparse.ArgumentParser(description=description).parse_args()
+    watch_inputs()
     try:
         if numeric_profile.STATUS.error:
             raise UserError(numeric_profile.STATUS.error)
@@ -52,6 +54,7 @@ def run_stage(main: Callable[[], None], description: str, parallel: bool = True)
                 log(line)
             with stage_workers() if parallel else parallel_config(backend="sequential"):
                 main()
+            check_inputs_unchanged()  # after the last write too
     except UserError as error:
         if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):
             traceback.print_exception(error)  # what led to the message, causes included

@@ -42,11 +42,17 @@ def n_jobs() -> int:
     value = os.environ.get(JOBS_VARIABLE, "").strip()
     if not value:
         return cores
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:  # isdigit alone takes superscripts
         raise UserError(f"{JOBS_VARIABLE}={value!r}: expected a whole number of workers, at least 1")
     if int(value) > cores:
         log(f"{JOBS_VARIABLE}={value}, but only {cores} cores are available: using {cores}")
     return min(int(value), cores)
+
+
+def workers_at_once() -> int:
+    """How many jobs run at once in this process: on a cluster, whatever it has, the stage holds the results one
+    at a time; locally, one per worker thread."""
+    return 1 if cluster.scheduler_address() else n_jobs()
 
 
 @contextmanager
