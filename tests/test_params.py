@@ -253,3 +253,61 @@ def test_values_the_estimators_would_refuse_are_refused_first(tmp_path, key, val
     section = key.split(".")[0]
     with pytest.raises(UserError, match=re.escape(f"{key} = {value!r}: {expected}")):
         load_params(section, ESTIMATOR_SECTIONS[section], write_params(tmp_path, yaml.safe_dump(params)))
+
+
+@pytest.mark.parametrize(("written", "value"), [("1e-05", 1e-05), ("1e-7", 1e-7), ("1e16", 1e16), ("0.0001", 1e-4)])
+def test_numbers_are_read_as_dvc_reads_them(tmp_path, written, value):
+    """YAML 1.2, as DVC's ruamel.yaml: PyYAML's YAML 1.1 read `1e-05` as a string, and the stage refused it."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["binary"]
+    text = yaml.safe_dump({"binary": params}).replace("alpha: 0.0001", f"alpha: {written}")
+    assert load_params("binary", BinaryParams, write_params(tmp_path, text)).sgd.alpha == value
+
+
+def test_anchors_and_aliases_are_refused_before_they_expand(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(9)
+    )
+    with pytest.raises(UserError, match=r"params.yaml: line 1: YAML anchors \(&\) and aliases \(\*\) are not allowed"):
+        load_params("split", SplitParams, write_params(tmp_path, bomb + "split: {test_size: 0.2, seed: 1}\n"))
+
+
+def test_a_huge_value_is_quoted_short(tmp_path):
+    numbers = "[" + ", ".join(["1"] * 200_000) + "]"
+    with pytest.raises(UserError) as raised:
+        load_params("split", SplitParams, write_params(tmp_path, f"split: {{test_size: {numbers}, seed: 1}}\n"))
+    message = str(raised.value)
+    assert len(message) < 400 and "split.test_size = [1, 1, 1" in message and "(600,000 characters)" in message
+
+
+@pytest.mark.parametrize(
+    ("mirror", "problem"),
+    [
+        ("http://[::1", "not a valid URL (Invalid IPv6 URL)"),
+        ("~nosuchuser/x", "~nosuchuser names no user of this machine"),
+        ("a\x00b", "contains a NUL character"),
+        ("ftp://example.org/", "unsupported URL scheme 'ftp'"),
+        ("https:///files/", "a URL without a host"),
+    ],
+)
+def test_a_mirror_that_cannot_be_a_source_is_named(tmp_path, mirror, problem):
+    text = yaml.safe_dump({"data": {"dataset": "mnist", "mirrors": ["/srv/ok", mirror]}})
+    with pytest.raises(UserError, match=r"data\.mirrors") as raised:
+        load_params("data", DataParams, write_params(tmp_path, text))
+    assert f"entry 2 {mirror!r}: {problem}" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), [("8G", 8 * 2**30), ("500M", 500 * 2**20), ("2.5GB", int(2.5 * 2**30)), ("1000", 1000)]
+)
+def test_the_memory_limit_reads_sizes(setting, expected):
+    from mnist_dvc.memory import memory_limit
+
+    assert memory_limit(setting) == expected
+
+
+def test_a_bad_memory_limit_is_named():
+    from mnist_dvc.memory import memory_limit
+
+    with pytest.raises(UserError, match=r"MNIST_DVC_MEMORY_LIMIT='lots': expected an amount of memory such as 8G"):
+        memory_limit("lots")

@@ -284,3 +284,65 @@ def test_a_stage_killed_midway_recovers_to_the_clean_lock(scratch):
     assert "train_multiclass" in ran_stages(result.stdout)
     assert (scratch / "dvc.lock").read_text() == clean
     assert run(["git", "status", "--porcelain"], scratch).stdout == ""
+
+
+def params_in_report(root: Path) -> dict:
+    """The params block `report` wrote into report.md, read as YAML 1.2."""
+    from ruamel.yaml import YAML
+
+    report = (root / "reports/report.md").read_text()
+    return YAML(typ="safe").load(report.split("## Params\n\n```yaml\n", 1)[1].split("```", 1)[0])
+
+
+@pytest.mark.parametrize(
+    ("key", "written", "value"),
+    [
+        ("binary.sgd.alpha", "0.00001", 1e-05),
+        ("multilabel.knn.n_neighbors", "7", 7),
+        ("multiclass.models.sgd.alpha", "1e16", 1e16),
+        ("multiclass.models.svc_ovo.C", "0.0000001", 1e-07),
+    ],
+)
+def test_dvc_exp_run_with_a_small_or_large_float_runs_and_params_diff_agrees(scratch, key, written, value):
+    """DVC writes 0.00001 as `1e-05`: the stages read params.yaml as DVC does, so they run with that number."""
+    dvc(["exp", "run", "-S", f"{key}={written}"], scratch)
+    diff = json.loads(dvc(["params", "diff", "--json"], scratch).stdout)["params.yaml"][key]
+    assert diff["new"] == value
+    node = params_in_report(scratch)
+    for part in key.split("."):
+        node = node[part]
+    assert node == value  # what the stages used, as the report prints it
+
+
+def test_a_misspelled_section_set_the_dvc_way_stops_the_run(scratch):
+    result = dvc(["exp", "run", "-S", "+multiclas.cv_folds=5"], scratch, check=False)
+    assert result.returncode != 0
+    assert (
+        "multiclas: unknown key (allowed: data, split, binary, multiclass, multilabel)" in result.stdout + result.stderr
+    )
+
+
+def test_params_changed_by_a_second_run_during_a_stage_fail_the_first(scratch):
+    """Two `dvc exp run` in one workspace: the second rewrites params.yaml while the first trains. The first must
+    not record k=7 beside k=3's outputs: its stage fails, and DVC records nothing."""
+    committed = (scratch / "dvc.lock").read_text()
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "multilabel.knn.n_neighbors=3"],
+        cwd=scratch,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in first.stdout:
+        if "knn: 3-fold CV" in line:  # train_multilabel has read its params and is training
+            break
+    second = dvc(["exp", "run", "-S", "multilabel.knn.n_neighbors=7"], scratch, check=False)
+    output = first.stdout.read()
+    first.wait(timeout=300)
+    assert second.returncode != 0  # DVC's own lock
+    assert first.returncode != 0
+    assert "params.yaml changed while the stage ran" in output
+    assert (scratch / "dvc.lock").read_text() == committed  # nothing recorded for train_multilabel
+    status = json.loads(dvc(["status", "--json"], scratch).stdout)
+    assert "train_multilabel" in status  # and DVC says it is not up to date, rather than that it is

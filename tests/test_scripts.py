@@ -441,6 +441,22 @@ def test_debug_shows_what_led_to_a_params_message(workspace, tmp_path):
     assert result.stderr.splitlines()[-1] == "  split.test_size = 1.5: Input should be less than 1"
 
 
+def test_params_that_would_need_more_memory_than_allowed_are_refused_naming_them(workspace, tmp_path):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "data/models")
+    for key, value in (("orientations", 36), ("pixels_per_cell", 2), ("cells_per_block", 7)):
+        set_param(root, value, "multiclass", "models", "svc_hog", key)
+    result = run([sys.executable, "stages/train_multiclass.py"], root, check=False, MNIST_DVC_MEMORY_LIMIT="500M")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("error: these params would need about ") and "more than the 0.5 GB allowed" in error
+    assert (
+        "multiclass.models.svc_hog.orientations, pixels_per_cell, cells_per_block (113,680 features an image)" in error
+    )
+    assert error.endswith("or set MNIST_DVC_MEMORY_LIMIT (e.g. MNIST_DVC_MEMORY_LIMIT=16G) to allow more")
+    assert not (root / "data/models").exists()
+
+
 def test_a_binary_class_absent_from_the_training_set_is_named(workspace, tmp_path):
     root = fresh_copy(workspace, tmp_path / "ws")
     shutil.rmtree(root / "data/models")
