@@ -6,9 +6,9 @@ from pathlib import Path
 from tokenize import TokenError
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from mnist_dvc.files import atomic_path, read_json, record_input
+from mnist_dvc.files import atomic_path, read_json_model, record_input
 from mnist_dvc.messages import UserError
 from mnist_dvc.paths import SPLIT_DIR, display_path
 
@@ -56,17 +56,11 @@ def load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
 
 
 def load_dataset_info(folder: Path) -> DatasetInfo:
-    path = folder / "dataset.json"
-    try:
-        return DatasetInfo.model_validate(read_json(path))
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors(include_url=False)
-        )
-        raise UserError(
-            f'{display_path(path)}: expected {{"name": "...", "class_names": [two or more names], "handwritten": '
-            f'true or false, "test_start": null or a whole number}} ({problems})'
-        ) from error
+    expected = (
+        'expected {"name": "...", "class_names": [two or more names], "handwritten": true or false, '
+        '"test_start": null or a whole number}'
+    )
+    return read_json_model(folder / "dataset.json", DatasetInfo, expected)
 
 
 def load_class_names(folder: Path = SPLIT_DIR) -> list[str]:

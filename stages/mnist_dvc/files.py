@@ -13,13 +13,15 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from mnist_dvc.messages import UserError
 from mnist_dvc.paths import display_path
 
+Model = TypeVar("Model", bound=BaseModel)
 STALE_SECONDS = 3600  # a temporary file untouched this long is a killed writer's, not a running one's
 
 # Every file the stage has read, as it was when first read: (modification time, size, inode). None outside a stage
@@ -147,6 +149,18 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{display_path(path)}: cannot read it ({error.strerror})") from error
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{display_path(path)}: not valid JSON ({error})") from error
+
+
+def read_json_model(path: Path, model: type[Model], expected: str) -> Model:
+    """A JSON file a stage wrote, checked against the pydantic `model`; `expected` says what it should be if not."""
+    data = read_json(path)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors(include_url=False)
+        )
+        raise UserError(f"{display_path(path)}: {expected} ({problems}; run `dvc repro`)") from error
 
 
 def json_value(path: Path, data: Any, keys: str) -> Any:

@@ -3,11 +3,10 @@ images, and how many images chose it. `evaluate` scores the models it names, `re
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mnist_dvc.files import read_json, write_json
-from mnist_dvc.messages import UserError
-from mnist_dvc.paths import MANIFEST_FILE, display_path
+from mnist_dvc.files import read_json_model, write_json
+from mnist_dvc.paths import MANIFEST_FILE
 from mnist_dvc.schema import MulticlassModels
 
 
@@ -31,15 +30,7 @@ class Manifest(BaseModel):
 
 
 def read_manifest() -> Manifest:
-    try:
-        return Manifest.model_validate(read_json(MANIFEST_FILE))
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors(include_url=False)
-        )
-        raise UserError(
-            f"{display_path(MANIFEST_FILE)}: not what train_multiclass writes ({problems}; run `dvc repro`)"
-        ) from error
+    return read_json_model(MANIFEST_FILE, Manifest, "not what train_multiclass writes")
 
 
 def write_manifest(manifest: Manifest) -> None:
