@@ -298,7 +298,7 @@ def markdown(args: argparse.Namespace, command: str, runs: list[Run]) -> str:
         f"a local Dask cluster of {args.dask_workers} single-thread workers" if args.dask_workers else "local threads"
     )
     lines = [
-        f"## {args.dataset}, {len(runs)} run{'s' if len(runs) > 1 else ''} on {where}",
+        f"# {args.dataset}, {len(runs)} run{'s' if len(runs) > 1 else ''} on {where}",
         "",
         f"`{command}` on {machine()}.",
         "",
