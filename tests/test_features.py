@@ -42,12 +42,13 @@ def moments(image: np.ndarray) -> tuple[float, float, float]:
     return row, col, mu11 / mu02
 
 
-def sheared_bar(skew: float) -> np.ndarray:
-    """An upright bar of ink, leaning by `skew` columns per row (mu11 / mu02 = skew), and moved off the centre."""
-    bar = np.zeros((28, 28))
-    bar[5:23, 12:16] = 1.0
+def sheared_bar(skew: float, side: int = 28) -> np.ndarray:
+    """An upright bar of ink in a side x side image, leaning by `skew` columns per row (mu11 / mu02 = skew), and moved
+    off the centre."""
+    bar = np.zeros((side, side))
+    bar[side * 5 // 28 : side * 23 // 28, side * 12 // 28 : side * 16 // 28] = 1.0
     matrix = np.array([[1.0, 0.0], [-skew, 1.0]])  # output (r, c) samples the bar at (r, c - skew * r) + offset
-    offset = np.array([1.0, skew * CENTRE - 2.0])  # and off the centre: 1 row up, 2 columns right
+    offset = np.array([1.0, skew * (side - 1) / 2 - 2.0])  # and off the centre: 1 row up, 2 columns right
     return ndimage.affine_transform(bar, matrix, offset=offset, order=1)
 
 
@@ -98,7 +99,7 @@ def test_wide_hog_params_take_smaller_chunks_not_more_memory():
     """The widest params allowed: 112,896 descriptors an image. Chunks shrink so that HOG's intermediates stay near
     256 MB beside the result, which is written in place (concatenating chunks would hold it twice)."""
     wide = HogFeatures(orientations=36, pixels_per_cell=2, cells_per_block=7, keep_pixels=False)
-    assert HogFeatures().images_per_chunk() >= 1000 and wide.images_per_chunk() < 100
+    assert HogFeatures().images_per_chunk((28, 28)) >= 1000 and wide.images_per_chunk((28, 28)) < 100
     images = np.random.default_rng(0).random((250, 784)).astype(np.float32)
     wide.fit(images[:1])
     tracemalloc.start()
@@ -132,6 +133,18 @@ def test_hog_gives_skimages_descriptors_to_the_bit(digits, orientations, pixels_
     assert hog_images(images, *params).tobytes() == skimage_hog(images, *params).tobytes()
 
 
+@pytest.mark.parametrize("shape", [(16, 16), (32, 32), (20, 24), (13, 30)])
+def test_hog_of_images_of_other_shapes_is_skimages(digits, shape):
+    """Digits resized to other shapes, square or not, with leftover pixels past the last cell (13 and 30 rows)."""
+    features, _ = digits
+    images = ndimage.zoom(features[:40].reshape(-1, 28, 28), (1, shape[0] / 28, shape[1] / 28), order=1)
+    assert images.shape[1:] == shape
+    hog_step = HogFeatures(image_shape=shape, keep_pixels=False)
+    descriptors = hog_step.fit_transform(images.reshape(len(images), -1))
+    assert descriptors.tobytes() == skimage_hog(images, 9, 4, 3).tobytes()
+    assert descriptors.shape[1] == hog_step.n_hog_features(shape)
+
+
 @pytest.mark.parametrize("degrees", [25.714284896850586, 25.7142857142857])
 def test_hog_bins_an_angle_next_to_a_bin_edge_as_skimage_does(degrees):
     """skimage's bin edges are float64 (180 / 7 = 25.7142857142857...); rounded to float32 the first one moves down
@@ -142,14 +155,16 @@ def test_hog_bins_an_angle_next_to_a_bin_edge_as_skimage_does(degrees):
     assert hog_images(image, 7, 4, 2).tobytes() == skimage_hog(image, 7, 4, 2).tobytes()
 
 
-def test_a_sheared_image_comes_back_upright_and_centred():
-    image = sheared_bar(0.4)
+@pytest.mark.parametrize("side", [28, 16, 32])
+def test_a_sheared_image_comes_back_upright_and_centred(side):
+    image, centre = sheared_bar(0.4, side), (side - 1) / 2
     row, col, skew = moments(image)
-    assert skew == pytest.approx(0.4, abs=0.01) and abs(col - CENTRE) > 1  # what is to be undone
-    straight = Deskew().fit_transform(image.reshape(1, 784)).reshape(28, 28)
+    assert skew == pytest.approx(0.4, abs=0.01) and abs(col - centre) > 0.5  # what is to be undone
+    deskew = Deskew() if side == 28 else Deskew(image_shape=(side, side))
+    straight = deskew.fit_transform(image.reshape(1, side * side)).reshape(side, side)
     row, col, skew = moments(straight)
     assert abs(skew) < 0.01
-    assert row == pytest.approx(CENTRE, abs=0.02) and col == pytest.approx(CENTRE, abs=0.02)
+    assert row == pytest.approx(centre, abs=0.02) and col == pytest.approx(centre, abs=0.02)
     assert straight.sum() == pytest.approx(image.sum(), rel=1e-3)  # the ink is moved, not lost
 
 
@@ -183,7 +198,7 @@ def test_disabled_deskew_passes_the_pixels_through(digits):
 def test_shifted_copies_are_the_images_moved_one_pixel_with_a_zero_border(digits):
     features, labels = digits
     n = len(labels)
-    copies, copy_labels = shifted_copies(features, labels, 1)
+    copies, copy_labels = shifted_copies(features, labels, 1, (28, 28))
     assert copies.shape == (5 * n, 784) and copies.dtype == features.dtype
     np.testing.assert_array_equal(copy_labels, np.tile(labels, 5))
     images = features.reshape(n, 28, 28)
@@ -199,13 +214,13 @@ def test_shifted_copies_are_the_images_moved_one_pixel_with_a_zero_border(digits
 
 def test_a_larger_shift_moves_further_and_a_shift_of_nothing_is_refused(digits):
     features, labels = digits
-    copies, _ = shifted_copies(features[:3], labels[:3], 3)
+    copies, _ = shifted_copies(features[:3], labels[:3], 3, (28, 28))
     right = copies[12:].reshape(3, 28, 28)
     np.testing.assert_array_equal(right[:, :, 3:], features[:3].reshape(3, 28, 28)[:, :, :-3])
     assert not right[:, :, :3].any()
     for shift in (0, 28):
         with pytest.raises(ValueError, match="shift must be"):
-            shifted_copies(features, labels, shift)
+            shifted_copies(features, labels, shift, (28, 28))
 
 
 def test_deskewing_a_shifted_copy_gives_its_original_back(digits):
@@ -215,7 +230,7 @@ def test_deskewing_a_shifted_copy_gives_its_original_back(digits):
     border[2:-2, 2:-2] = False
     inside = ~features.reshape(-1, 28, 28)[:, border].any(axis=1)  # no ink near the border: a shift loses none
     assert inside.sum() > 100
-    copies, _ = shifted_copies(features[inside], labels[inside], 1)
+    copies, _ = shifted_copies(features[inside], labels[inside], 1, (28, 28))
     original, *shifted = Deskew().fit_transform(copies).reshape(5, inside.sum(), 784)
     for copy in shifted:
         np.testing.assert_allclose(copy, original, atol=1e-5)
@@ -294,3 +309,95 @@ def test_a_feature_pipeline_gives_the_same_bytes_in_another_process(digits, tmp_
     subprocess.run([sys.executable, "-c", SAVE_IN_A_NEW_PROCESS, *args], cwd=ROOT, check=True)
     assert (tmp_path / "there.skops").read_bytes() == (tmp_path / "here.skops").read_bytes()
     assert read_model(tmp_path / "there.skops").n_features_in_ == 784
+
+
+@pytest.mark.parametrize("side", [16, 32])
+def test_a_model_of_feature_steps_learns_digits_of_another_size(digits, side):
+    """The whole svc_hog model on digits resized to 16x16 or 32x32: every step told the shape, nothing else."""
+    features, labels = digits
+    images = ndimage.zoom(features.reshape(-1, 28, 28), (1, side / 28, side / 28), order=1).clip(0, 1)
+    rows = images.reshape(len(images), side * side)
+    shape = (side, side)
+    model = Pipeline(
+        [
+            ("deskew", Deskew(image_shape=shape)),
+            (
+                "shifted",
+                ShiftAugmented(
+                    Pipeline([("hog", HogFeatures(image_shape=shape)), ("svc", SVC(C=10))]), image_shape=shape
+                ),
+            ),
+        ]
+    )
+    predicted = model.fit(rows[:150], labels[:150]).predict(rows[150:])
+    assert model["shifted"].estimator_["svc"].n_features_in_ == HogFeatures().n_hog_features(shape) + side * side
+    assert (predicted == labels[150:]).mean() > 0.7  # chance is 0.1
+
+
+def test_shifted_copies_of_other_shapes_and_of_strips():
+    images = np.arange(2 * 16 * 20, dtype=np.float32).reshape(2, 16, 20) + 1
+    copies, labels = shifted_copies(images.reshape(2, -1), np.array([3, 7]), 2, (16, 20))
+    original, up, down, left, right = copies.reshape(5, 2, 16, 20)
+    np.testing.assert_array_equal(labels, [3, 7] * 5)
+    np.testing.assert_array_equal(original, images)
+    np.testing.assert_array_equal(up[:, :-2], images[:, 2:])
+    np.testing.assert_array_equal(right[:, :, 2:], images[:, :, :-2])
+    assert not down[:, :2].any() and not left[:, :, -2:].any()
+    strip = np.array([[1.0, 2.0, 3.0]])
+    copies, labels = shifted_copies(strip, np.array([4]), 1, (1, 3))  # one row high: moved sideways only
+    np.testing.assert_array_equal(copies, [[1, 2, 3], [2, 3, 0], [0, 1, 2]])
+    np.testing.assert_array_equal(labels, [4, 4, 4])
+    with pytest.raises(ValueError, match="images of one pixel cannot be shifted"):
+        shifted_copies(strip[:, :1], np.array([4]), 1, (1, 1))
+    with pytest.raises(ValueError, match="shift must be a whole number of pixels from 1 to 2, got 3"):
+        shifted_copies(strip, np.array([4]), 3, (1, 3))
+
+
+@pytest.mark.parametrize(
+    ("step", "n_features", "message"),
+    [
+        (
+            Deskew(),
+            256,
+            r"Deskew with image_shape=\(28, 28\) expects 784 features \(the pixels of one image\), got 256",
+        ),
+        (HogFeatures(image_shape=(16, 16)), 784, r"image_shape=\(16, 16\) expects 256 features"),
+        (ShiftAugmented(SVC()), 1024, r"ShiftAugmented with image_shape=\(28, 28\) expects 784 features"),
+        (Deskew(image_shape=(-1, 30)), 784, r"Deskew: 784 features do not make images of shape \(-1, 30\)"),
+        (Deskew(image_shape=(0, 28)), 784, r"image_shape must be \(height, width\) in pixels, whole numbers >= 1"),
+        (Deskew(image_shape=(-1, -1)), 784, r"one of them may be -1 .*; got \(-1, -1\)"),
+        (HogFeatures(image_shape="28x28"), 784, r"HogFeatures: image_shape must be .*; got '28x28'"),
+        (HogFeatures(image_shape=(28, 28, 1)), 784, r"image_shape must be \(height, width\)"),
+        (
+            HogFeatures(image_shape=(8, 8)),
+            64,
+            r"a block of 3x3 cells of 4x4 pixels is 12 pixels wide, larger than the 8x8",
+        ),
+        (HogFeatures(pixels_per_cell=0), 784, r"HogFeatures: pixels_per_cell must be a whole number >= 1, got 0"),
+    ],
+)
+def test_a_shape_that_does_not_fit_the_rows_is_refused_with_what_fits(step, n_features, message):
+    rows, labels = np.zeros((4, n_features)), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=message):
+        step.fit(rows, labels)
+
+
+def test_negative_ink_and_targets_that_are_not_classes_are_refused(digits):
+    features, labels = digits
+    with pytest.raises(ValueError, match="Negative values in data passed to Deskew"):
+        Deskew().fit(features - 0.5)
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        ShiftAugmented(KNeighborsClassifier()).fit(features[:20], labels[:20] + 0.5)
+    one_class = ShiftAugmented(KNeighborsClassifier()).fit(features[:20], np.full(20, 5))
+    np.testing.assert_array_equal(one_class.predict(features[20:30]), np.full(10, 5))
+
+
+def test_the_steps_transform_without_fit_and_check_rows_against_fit_after_it(digits):
+    """They learn nothing (scikit-learn's requires_fit tag is false), yet once fitted they hold to the fitted width."""
+    features, _ = digits
+    assert Deskew().transform(features).tobytes() == Deskew().fit(features).transform(features).tobytes()
+    fitted = HogFeatures(image_shape=(1, -1), pixels_per_cell=1, cells_per_block=1).fit(features)
+    with pytest.raises(ValueError, match="X has 783 features, but HogFeatures is expecting 784 features"):
+        fitted.transform(features[:, 1:])
+    with pytest.raises(ValueError, match="X has 783 features, but ShiftAugmented is expecting 784 features"):
+        ShiftAugmented(KNeighborsClassifier()).fit(features, np.arange(200) % 2).predict(features[:, 1:])
