@@ -33,7 +33,7 @@ def digits(sample) -> tuple[np.ndarray, np.ndarray]:
 
 
 def moments(image: np.ndarray) -> tuple[float, float, float]:
-    """Centre of mass (row, column) and the skew mu11 / mu02 of one 28x28 image, computed here independently."""
+    """Centre of mass (row, column) and the skew mu11 / mu02 of one image, computed here independently."""
     rows, cols = np.indices(image.shape)
     total = image.sum()
     row, col = (rows * image).sum() / total, (cols * image).sum() / total
@@ -42,13 +42,14 @@ def moments(image: np.ndarray) -> tuple[float, float, float]:
     return row, col, mu11 / mu02
 
 
-def sheared_bar(skew: float, side: int = 28) -> np.ndarray:
-    """An upright bar of ink in a side x side image, leaning by `skew` columns per row (mu11 / mu02 = skew), and moved
-    off the centre."""
-    bar = np.zeros((side, side))
-    bar[side * 5 // 28 : side * 23 // 28, side * 12 // 28 : side * 16 // 28] = 1.0
+def sheared_bar(skew: float, shape: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """An upright bar of ink in an image of `shape`, leaning by `skew` columns per row (mu11 / mu02 = skew), and
+    moved off the centre."""
+    height, width = shape
+    bar = np.zeros(shape)
+    bar[height * 5 // 28 : height * 23 // 28, width * 12 // 28 : width * 16 // 28] = 1.0
     matrix = np.array([[1.0, 0.0], [-skew, 1.0]])  # output (r, c) samples the bar at (r, c - skew * r) + offset
-    offset = np.array([1.0, skew * (side - 1) / 2 - 2.0])  # and off the centre: 1 row up, 2 columns right
+    offset = np.array([1.0, skew * (height - 1) / 2 - 2.0])  # and off the centre: 1 row up, 2 columns right
     return ndimage.affine_transform(bar, matrix, offset=offset, order=1)
 
 
@@ -68,7 +69,7 @@ def test_the_steps_give_float32_rows_of_the_documented_width(digits):
 )
 def test_the_hog_feature_count(digits, params, n_hog):
     features, _ = digits
-    assert HogFeatures(**params).n_hog_features() == n_hog
+    assert HogFeatures(**params).n_hog_features((28, 28)) == n_hog
     descriptors = HogFeatures(**params, keep_pixels=False).fit_transform(features[:5])
     with_pixels = HogFeatures(**params).fit_transform(features[:5])
     assert descriptors.shape == (5, n_hog) and with_pixels.shape == (5, n_hog + 784)
@@ -108,7 +109,7 @@ def test_wide_hog_params_take_smaller_chunks_not_more_memory():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert descriptors.shape == (250, wide.n_hog_features())
+    assert descriptors.shape == (250, wide.n_hog_features((28, 28)))
     assert peak - descriptors.nbytes < 320 * 2**20
 
 
@@ -155,16 +156,17 @@ def test_hog_bins_an_angle_next_to_a_bin_edge_as_skimage_does(degrees):
     assert hog_images(image, 7, 4, 2).tobytes() == skimage_hog(image, 7, 4, 2).tobytes()
 
 
-@pytest.mark.parametrize("side", [28, 16, 32])
-def test_a_sheared_image_comes_back_upright_and_centred(side):
-    image, centre = sheared_bar(0.4, side), (side - 1) / 2
+@pytest.mark.parametrize("shape", [(28, 28), (16, 16), (32, 32), (20, 32), (32, 20)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_a_sheared_image_comes_back_upright_and_centred(shape):
+    image, centre = sheared_bar(0.4, shape), (np.array(shape) - 1) / 2
     row, col, skew = moments(image)
-    assert skew == pytest.approx(0.4, abs=0.01) and abs(col - centre) > 0.5  # what is to be undone
-    deskew = Deskew() if side == 28 else Deskew(image_shape=(side, side))
-    straight = deskew.fit_transform(image.reshape(1, side * side)).reshape(side, side)
+    # what is to be undone: the lean, and a centre more than half a pixel off (the deskewed one is within 0.02)
+    assert skew == pytest.approx(0.4, abs=0.01) and abs(col - centre[1]) > 0.5
+    deskew = Deskew() if shape == (28, 28) else Deskew(image_shape=shape)
+    straight = deskew.fit_transform(image.reshape(1, -1)).reshape(shape)
     row, col, skew = moments(straight)
     assert abs(skew) < 0.01
-    assert row == pytest.approx(centre, abs=0.02) and col == pytest.approx(centre, abs=0.02)
+    assert row == pytest.approx(centre[0], abs=0.02) and col == pytest.approx(centre[1], abs=0.02)
     assert straight.sum() == pytest.approx(image.sum(), rel=1e-3)  # the ink is moved, not lost
 
 
@@ -351,6 +353,8 @@ def test_shifted_copies_of_other_shapes_and_of_strips():
         shifted_copies(strip[:, :1], np.array([4]), 1, (1, 1))
     with pytest.raises(ValueError, match="shift must be a whole number of pixels from 1 to 2, got 3"):
         shifted_copies(strip, np.array([4]), 3, (1, 3))
+    with pytest.raises(ValueError, match="shift must be a whole number of pixels from 1 to 2, got True"):
+        shifted_copies(strip, np.array([4]), True, (1, 3))
 
 
 @pytest.mark.parametrize(
@@ -374,6 +378,13 @@ def test_shifted_copies_of_other_shapes_and_of_strips():
             r"a block of 3x3 cells of 4x4 pixels is 12 pixels wide, larger than the 8x8",
         ),
         (HogFeatures(pixels_per_cell=0), 784, r"HogFeatures: pixels_per_cell must be a whole number >= 1, got 0"),
+        (HogFeatures(orientations=True), 784, r"HogFeatures: orientations must be a whole number >= 1, got True"),
+        (Deskew(image_shape=(True, -1)), 784, r"Deskew: image_shape must be .*; got \(True, -1\)"),
+        (
+            ShiftAugmented(KNeighborsClassifier(), image_shape=(1, 1)),
+            1,
+            r"Found array with 1 feature\(s\) \(shape=\(4, 1\)\) while a minimum of 2 is required by ShiftAugmented",
+        ),
     ],
 )
 def test_a_shape_that_does_not_fit_the_rows_is_refused_with_what_fits(step, n_features, message):

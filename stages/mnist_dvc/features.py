@@ -37,6 +37,11 @@ HOG_CHUNK_BYTES = 256 * 1024 * 1024
 HOG_EPSILON = 1e-5
 
 
+def is_whole_number(value: Any) -> bool:
+    """An int of any kind (numpy's too), but not a bool: `True` as a side or a shift is a mistake."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
+
+
 def as_images(features: np.ndarray, shape: ImageShape) -> np.ndarray:
     """(n, height x width) pixels as (n, height, width) images, without a copy."""
     return features.reshape(len(features), *shape)
@@ -49,7 +54,7 @@ def resolve_image_shape(estimator: BaseEstimator, n_features: int) -> ImageShape
     if (
         not isinstance(shape, tuple | list)
         or len(shape) != 2
-        or not all(isinstance(side, numbers.Integral) and (side >= 1 or side == -1) for side in shape)
+        or not all(is_whole_number(side) and (side >= 1 or side == -1) for side in shape)
         or tuple(shape) == (-1, -1)
     ):
         raise ValueError(
@@ -100,7 +105,8 @@ class Deskew(PerImageTransformer):
     The classic deskewing of handwriting: a slanted '1' and an upright one become the same image, which helps
     every model after it on digits. On clothes (Fashion-MNIST) the lean carries meaning and it hurts:
     `enabled=False` passes the pixels through, so a params switch can turn it off without changing the pipeline.
-    Pixels are amounts of ink, never negative: a moment of negative ink means nothing.
+    Pixels are amounts of ink, never negative: a moment of negative ink means nothing, and negative pixels are refused
+    even with `enabled=False`, so turning the step off never lets through data it would refuse on.
     """
 
     def __init__(self, enabled: bool = True, image_shape: ImageShape = MNIST_IMAGE_SHAPE) -> None:
@@ -229,7 +235,7 @@ def map_chunks(
 
 class HogFeatures(PerImageTransformer):
     """Histograms of oriented gradients (skimage's `hog` with L2-Hys blocks, as `hog_images` computes it), followed by
-    the 784 pixels if `keep_pixels`.
+    the image's pixels if `keep_pixels`.
 
     The descriptors say which way the strokes run in each small cell, whatever their thickness or brightness (each
     block is normalised, so pixels in [0, 1] or 0..255 give the same features). The defaults give 28x28 images 7x7
@@ -267,7 +273,7 @@ class HogFeatures(PerImageTransformer):
         """Refuse params that are not whole numbers >= 1, or whose block is larger than the image."""
         for name in ("orientations", "pixels_per_cell", "cells_per_block"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or value < 1:
+            if not is_whole_number(value) or value < 1:
                 raise ValueError(f"HogFeatures: {name} must be a whole number >= 1, got {value!r}")
         block = self.pixels_per_cell * self.cells_per_block
         if block > min(shape):
@@ -283,7 +289,7 @@ class HogFeatures(PerImageTransformer):
         widest = max(shape[0] * shape[1] * self.orientations, self.n_hog_features(shape))
         return HOG_CHUNK_BYTES // (3 * 8 * widest)
 
-    def n_hog_features(self, shape: ImageShape = MNIST_IMAGE_SHAPE) -> int:
+    def n_hog_features(self, shape: ImageShape) -> int:
         """How many descriptors `hog` gives per image of `shape` with these params (without the pixels)."""
         block_rows, block_cols = (side // self.pixels_per_cell - self.cells_per_block + 1 for side in shape)
         return block_rows * block_cols * self.cells_per_block**2 * self.orientations
@@ -291,7 +297,7 @@ class HogFeatures(PerImageTransformer):
 
 def shifted_copies(X: np.ndarray, y: np.ndarray, shift: int, shape: ImageShape) -> tuple[np.ndarray, np.ndarray]:
     """The images of `shape`, then copies moved `shift` pixels up, down, left and right: (5n, pixels) rows and their
-    labels.
+    labels ((3n, pixels) for images with one side not longer than `shift`).
 
     Zeros fill the border a copy leaves; each copy keeps its image's label (`y` repeated, in order). Only along a
     side longer than `shift`: images one pixel high (a strip) get copies moved left and right only, as a copy moved
@@ -300,7 +306,7 @@ def shifted_copies(X: np.ndarray, y: np.ndarray, shift: int, shape: ImageShape) 
     height, width = shape
     if max(shape) == 1:
         raise ValueError("shift: images of one pixel cannot be shifted")
-    if not isinstance(shift, numbers.Integral) or not 1 <= shift < max(shape):
+    if not is_whole_number(shift) or not 1 <= shift < max(shape):
         raise ValueError(f"shift must be a whole number of pixels from 1 to {max(shape) - 1}, got {shift!r}")
     images = as_images(X, shape)
     copies = [images]
@@ -327,7 +333,8 @@ def fitted_or_given_has(method: str) -> Callable[[ShiftAugmented], bool]:
 
 
 class ShiftAugmented(ClassifierMixin, BaseEstimator):
-    """Train a clone of `estimator` on the images plus copies shifted by `shift` pixels up, down, left and right.
+    """Train a clone of `estimator` on the images plus copies shifted by `shift` pixels up, down, left and right
+    (along the sides longer than `shift` only: see `shifted_copies`).
 
     A model that has seen a digit one pixel off learns that position does not matter (the book's exercise). The
     copies are made in `fit` only, so in `cross_val_predict` or a `Pipeline` each training fold is augmented and
@@ -343,7 +350,8 @@ class ShiftAugmented(ClassifierMixin, BaseEstimator):
         self.image_shape = image_shape
 
     def fit(self, X: Any, y: Any) -> ShiftAugmented:
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], reset=True)
+        # Two pixels at least: an image of one pixel has nowhere to move (scikit-learn's message names the count).
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], ensure_min_features=2, reset=True)
         check_classification_targets(y)
         shape = resolve_image_shape(self, X.shape[1])
         self.estimator_ = clone(self.estimator).fit(*shifted_copies(X, y, self.shift, shape))
