@@ -423,7 +423,9 @@ def test_a_bug_in_the_pipelines_own_code_keeps_its_traceback(workspace, tmp_path
     features = root / "stages/mnist_dvc/features.py"
     code = features.read_text()
     broken = code.replace(
-        "    n = len(images)\n", "    n = len(images)\n    images = images.reshape(n, -1)  # a bug\n", 1
+        "    n, height, width = images.shape\n",
+        "    n, height, width = images.shape\n    images = images.reshape(n, -1)  # a bug\n",
+        1,
     )
     assert broken != code
     features.write_text(broken)
