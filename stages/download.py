@@ -7,7 +7,7 @@ import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and sc
 import os
 from pathlib import Path
 
-from mnist_dvc.arrays import save_array
+from mnist_dvc.arrays import DatasetInfo, save_array
 from mnist_dvc.datasets import DATASETS, DataParams, DataSource, verify
 from mnist_dvc.files import write_json
 from mnist_dvc.messages import log
@@ -39,15 +39,13 @@ def main() -> None:
 
     save_array(RAW_DIR / "images.npy", dataset.images)
     save_array(RAW_DIR / "labels.npy", dataset.labels)
-    write_json(
-        RAW_DIR / "dataset.json",
-        {
-            "name": params.dataset,
-            "class_names": list(spec.class_names),
-            "handwritten": spec.handwritten,
-            "test_start": dataset.test_start,
-        },
+    info = DatasetInfo(
+        name=params.dataset,
+        class_names=list(spec.class_names),
+        handwritten=spec.handwritten,
+        test_start=dataset.test_start,
     )
+    write_json(RAW_DIR / "dataset.json", info.model_dump())
     log(f"wrote {len(dataset.images)} images to {display_path(RAW_DIR)}/")
 
 

@@ -1,7 +1,8 @@
 """Stage `evaluate`: every trained model on the held-out test set.
 
-Writes the test metrics, every model's answer for every test image, the data behind the test-set figures (curves,
-confusion, per-class metrics) and the first cleaned test images; the `report` stage draws them.
+Writes the test metrics, every model's answer for every test image, the curves, the confusion matrix and per-class
+metrics as data for `dvc plots`, and the first cleaned test images; the `report` stage draws its figures from the
+answers, the curves and the images.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
     MULTILABEL_NAMES,
+    THRESHOLDED_SGD,
     binary_metrics,
     check_both_classes,
     decision_cutoff,
@@ -41,7 +43,7 @@ from mnist_dvc.metrics import (
     threshold_for_precision,
 )
 from mnist_dvc.models import load_model
-from mnist_dvc.params import load_params
+from mnist_dvc.params import check_at_most, load_params
 from mnist_dvc.paths import DENOISED_FILE, METRICS_DIR, MODELS_DIR, PLOTS_DIR, PREDICTIONS_DIR, display_path
 from mnist_dvc.runner import run_stage
 from mnist_dvc.schema import ClassIndex, NoiseAmplitude, Probability, Seed
@@ -49,7 +51,6 @@ from mnist_dvc.workers import Job, run_jobs
 
 # The deployed SGD carries the threshold chosen in training (train_binary.thresholded_sgd).
 BINARY_MODELS = {"sgd": FixedThresholdClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
-THRESHOLDED_SGD = "sgd_at_target_precision"  # its answers' column in the predictions file
 MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
 N_PIXELS = SIDE * SIDE
 DENOISED_SHOWN = 10  # test images the report shows noisy and cleaned
@@ -163,8 +164,7 @@ def main() -> None:
     noise_seed = load_params("multilabel.denoise.seed", Seed)
     images, labels = load_split("test")
     class_names = load_class_names()
-    if digit >= len(class_names):
-        raise UserError(f"params.yaml: binary.digit = {digit}, but the dataset has {len(class_names)} classes")
+    check_at_most("binary.digit", digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
     target = is_target(labels, digit)
     check_both_classes(target, digit, class_names[digit], "test")
     features = to_features(images)

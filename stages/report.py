@@ -34,8 +34,8 @@ from mnist_dvc.figures import (
 from mnist_dvc.files import json_number, json_value, read_csv, read_json, write_bytes
 from mnist_dvc.manifest import Manifest, read_manifest
 from mnist_dvc.messages import UserError
-from mnist_dvc.metrics import threshold_for_precision
-from mnist_dvc.params import load_all_params
+from mnist_dvc.metrics import THRESHOLDED_SGD, threshold_for_precision
+from mnist_dvc.params import check_at_most, load_all_params
 from mnist_dvc.paths import (
     BINARY_CV_SCORES_FILE,
     DATA_OVERVIEW_FILE,
@@ -58,8 +58,6 @@ from mnist_dvc.report import (
 from mnist_dvc.runner import run_stage
 from mnist_dvc.schema import AllParams, MulticlassModels
 
-THRESHOLDED_SGD = "sgd_at_target_precision"  # the deployed SGD's answers in the predictions file (evaluate)
-LEGENDS = {"sgd": "SGD", "forest": "random forest"}
 Curves = dict[str, dict[str, np.ndarray]]  # (part, kind, model) as "cv/pr/sgd" -> the curve's columns
 
 
@@ -105,10 +103,8 @@ def read_inputs() -> Inputs:
     params = load_all_params()
     class_names = load_class_names()
     train, test = load_split("train"), load_split("test")
-    if params.binary.digit >= len(class_names):
-        raise UserError(
-            f"params.yaml: binary.digit = {params.binary.digit}, but the dataset has {len(class_names)} classes"
-        )
+    digit_limit = len(class_names) - 1
+    check_at_most("binary.digit", params.binary.digit, digit_limit, f"the dataset has {len(class_names)} classes")
     training, tested = read_metrics()
     manifest = read_manifest()
     curves = {
@@ -201,7 +197,8 @@ def binary_figures(inputs: Inputs, question: str) -> None:
     threshold = json_number(METRICS_DIR / "binary_cv.json", training, "sgd.threshold_choice.threshold")
     answers = inputs.binary[THRESHOLDED_SGD].astype(bool)
     deployed = point_at_threshold(inputs.binary["truth"].astype(bool), answers, threshold)
-    legends = {model: f"{LEGENDS[model]} (ROC AUC {tested[model]['test']['roc_auc']:.3f})" for model in CURVE_MODELS}
+    auc = {model: tested[model]["test"]["roc_auc"] for model in CURVE_MODELS}
+    legends = {model: f"{BINARY_NAMES[model]} (ROC AUC {auc[model]:.3f})" for model in CURVE_MODELS}
     curve_figures(inputs.curves, "test", legends, f"{question}, test set", deployed, "test/binary_")
 
 

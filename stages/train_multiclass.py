@@ -134,15 +134,20 @@ def validation_split(labels: np.ndarray, params: MulticlassParams) -> tuple[np.n
     return train_test_split(positions, test_size=n_validation, stratify=labels, random_state=params.validation_seed)
 
 
-def n_features_after(model: Any, features: np.ndarray) -> int:
-    """How many features reach a model's PCA: the steps before it run on one image to tell."""
+def input_width(model: Any, features: np.ndarray) -> int:
+    """How many features reach the first step of `model` that learns from the images (a scaler, PCA or the
+    classifier): the steps before it learn nothing (`requires_fit` tag false), so they run on one image to tell."""
     if isinstance(model, ShiftAugmented):
-        return n_features_after(model.estimator, features)
-    names = [name for name, _ in model.steps]
-    if "pca" not in names:  # deskewing, then the shifted rest (`shift_augmented`)
-        return n_features_after(model.steps[-1][1], Pipeline(model.steps[:-1]).fit_transform(features[:1]))
-    steps = model.steps[: names.index("pca")]
-    return Pipeline(steps).fit_transform(features[:1]).shape[1] if steps else features.shape[1]
+        return input_width(model.estimator, features)
+    if not isinstance(model, Pipeline):
+        return features.shape[1]
+    for _, step in model.steps:
+        if isinstance(step, ShiftAugmented | Pipeline):
+            return input_width(step, features)
+        if get_tags(step).requires_fit:
+            break
+        features = step.transform(features[:1])
+    return features.shape[1]
 
 
 def check_sizes(
@@ -150,23 +155,24 @@ def check_sizes(
     models: dict[str, tuple[Any, int | None]],
     cv_labels: np.ndarray,
     n_fit: int,
-    features: np.ndarray,
+    widths: dict[str, int],
 ) -> None:
-    """Every limit the data puts on the params, checked before the first model is fitted."""
+    """Every limit the data puts on the params, checked before the first model is fitted; `widths`: each model's
+    `input_width`."""
     subset = "multiclass.cv_max_samples" if params.cv_max_samples is not None else None
     check_folds("multiclass.cv_folds", params.cv_folds, cv_labels, subset)
     fold_size = fold_train_size(len(cv_labels), params.cv_folds)
     if params.models.knn is not None:
         neighbours = params.models.knn.n_neighbors
         check_at_most("multiclass.models.knn.n_neighbors", neighbours, fold_size, f"a CV fold trains on {fold_size}")
-    for name, (model, fit_size) in models.items():
+    for name, (_, fit_size) in models.items():
         entry = getattr(params.models, name)
         if getattr(entry, "pca_components", None) is None:
             continue
         key = f"multiclass.models.{name}"
         # PCA cannot keep more components than it has images, in a CV fold or in the final fit, or features.
         components = entry.pca_components
-        width = n_features_after(model, features)
+        width = widths[name]
         check_at_most(f"{key}.pca_components", components, width, f"the model's input has {width} features")
         check_at_most(f"{key}.pca_components", components, fold_size, f"a CV fold trains on {fold_size} images")
         fitted_on = min(fit_size or n_fit, n_fit)
@@ -174,7 +180,12 @@ def check_sizes(
 
 
 def memory_needs(
-    params: MulticlassParams, models: dict[str, tuple[Any, int | None]], features: np.ndarray, n_fit: int, workers: int
+    params: MulticlassParams,
+    models: dict[str, tuple[Any, int | None]],
+    features: np.ndarray,
+    widths: dict[str, int],
+    n_fit: int,
+    workers: int,
 ) -> dict[str, int]:
     """What the stage will hold at most, by what holds it (named by its params), in bytes: the pixels, each model's
     features computed once per image (the HOG SVC's), and the `workers` largest jobs at once, each holding about
@@ -185,10 +196,10 @@ def memory_needs(
     fold_rows = fold_train_size(n_cv, params.cv_folds)
     needs = {"the pixels": 2 * features.nbytes}
     jobs = []
-    for name, (model, fit_size) in models.items():
+    for name, (_, fit_size) in models.items():
         entry = getattr(params.models, name)
         key = f"multiclass.models.{name}"
-        width = n_features_after(model, features) if getattr(entry, "pca_components", None) else features.shape[1]
+        width = widths[name]
         if name == "svc_hog":
             hog = f"{key}.orientations, pixels_per_cell, cells_per_block ({width:,} features an image)"
             needs[hog] = rows * width * 4
@@ -304,9 +315,10 @@ def main() -> None:
         kind = "handwriting" if info.handwritten else "not handwriting"
         log(f"svc_hog: deskew auto: {'on' if info.handwritten else 'off'} ({info.name}'s images are {kind})")
     models = build_models(params, info.handwritten)
-    check_sizes(params, models, cv_labels, len(fit_labels), features)
+    widths = {name: input_width(model, features) for name, (model, _) in models.items()}
+    check_sizes(params, models, cv_labels, len(fit_labels), widths)
     limit = memory_limit(os.environ.get(LIMIT_VARIABLE))
-    check_memory(memory_needs(params, models, features, len(fit_labels), workers_at_once()), limit)
+    check_memory(memory_needs(params, models, features, widths, len(fit_labels), workers_at_once()), limit)
     folds = StratifiedKFold(n_splits=params.cv_folds)
     log(f"{len(fit_labels)} training images to learn from, {len(choose)} to choose the best model")
 

@@ -14,6 +14,7 @@ import mnist_dvc.numeric_profile
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,38 @@ def copy_repo(destination: Path) -> Path:
     run(["git", "add", "-A"], destination)
     run(["git", "commit", "-qm", "copy"], destination)
     return destination
+
+
+def run_until(
+    command: list[str], cwd: Path, marker: str, timeout: float = 300, **extra: str | None
+) -> subprocess.Popen:
+    """Start `command`, and return it running once a line of its output (stdout and stderr, through a pipe the
+    caller reads on) contains `marker`; fail the test if the marker never comes."""
+    process = subprocess.Popen(
+        command, cwd=cwd, env=tool_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline, seen = time.monotonic() + timeout, []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            return process
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    process.wait()
+    pytest.fail(f"{marker!r} never appeared in the output of {' '.join(command)}:\n{''.join(seen[-30:])}")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ran_stages(output: str) -> list[str]:
+    """The stages a `dvc repro` or `dvc exp run` ran, in order, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def dvc(args: list[str], cwd: Path, check: bool = True, **extra: str | None) -> subprocess.CompletedProcess:
@@ -165,9 +198,14 @@ def dask_cluster(folder: Path, workers: int = 2, nanny: bool = True, **worker_en
     cluster = DaskCluster("", scheduler, [], folder)
     try:
         deadline = time.monotonic() + 60
-        while not scheduler_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        cluster.address = json.loads(scheduler_file.read_text())["address"]
+        while not cluster.address:
+            assert scheduler.poll() is None, (folder / "scheduler.log").read_text()
+            if time.monotonic() > deadline:
+                pytest.fail(f"no scheduler file after 60 s:\n{(folder / 'scheduler.log').read_text()}")
+            try:  # the scheduler writes the file in place: it may be there but not whole yet
+                cluster.address = json.loads(scheduler_file.read_text())["address"]
+            except (FileNotFoundError, json.JSONDecodeError):
+                time.sleep(0.1)
         env = {**PROFILE_ENVIRONMENT, **worker_env}
         cluster.workers = [
             start_worker(cluster.address, folder, f"worker-{i}", nanny=nanny, **env) for i in range(workers)

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 import zipfile
@@ -19,15 +17,9 @@ import pytest
 import yaml
 from sklearn.decomposition import PCA
 
-from conftest import ROOT, copy_repo, dask_cluster, dvc, run, tool_env
+from conftest import ROOT, copy_repo, dask_cluster, dvc, free_port, run, run_until
 from mnist_dvc import cluster
 from mnist_dvc.cluster import SCHEDULER_VARIABLE, package_archive, refusal, with_aligned_arrays
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def misaligned(array: np.ndarray) -> np.ndarray:
@@ -149,18 +141,6 @@ def test_dvc_repro_on_a_cluster_gives_the_committed_lock_and_runs_the_fits_on_th
     assert folds and {task["worker"] for task in folds} <= workers  # scikit-learn's own loops too
 
 
-def run_until(command: list[str], root: Path, marker: str, **env: str) -> subprocess.Popen:
-    """Start `command`, and return once a line of its output contains `marker` (the rest keeps flowing to a file)."""
-    process = subprocess.Popen(
-        command, cwd=root, env=tool_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 300
-    for line in process.stdout:
-        if marker in line or time.monotonic() > deadline:
-            break
-    return process
-
-
 @pytest.mark.slow
 def test_a_worker_killed_during_train_multiclass_is_survived_with_the_same_bytes(tmp_path, scratch):
     root = scratch
@@ -169,6 +149,7 @@ def test_a_worker_killed_during_train_multiclass_is_survived_with_the_same_bytes
         command = [sys.executable, "-m", "dvc", "repro", "-f", "-s", "train_multiclass"]
         process = run_until(command, root, "final fits and", **{SCHEDULER_VARIABLE: started.address})
         time.sleep(1.0)  # the fits are running
+        assert process.poll() is None  # killed mid-run, not after
         os.kill(pid, signal.SIGKILL)
         output, _ = process.communicate(timeout=600)
         scheduler_log = (started.folder / "scheduler.log").read_text()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, copy_repo, dvc, run, tool_env
+from conftest import ROOT, copy_repo, dvc, ran_stages, run, run_until, tool_env
 from mnist_dvc.models import read_model
 
 pytestmark = pytest.mark.slow
@@ -31,10 +31,6 @@ def lock_hashes(lock: dict) -> dict[str, str]:
             for item in entry.get(kind, []):
                 hashes[f"{stage}:{kind}:{item['path']}"] = item["md5"]
     return hashes
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_a_fresh_repro_reproduces_the_committed_lock_and_reports(reproduced):
@@ -326,17 +322,10 @@ def test_params_changed_by_a_second_run_during_a_stage_fail_the_first(scratch):
     """Two `dvc exp run` in one workspace: the second rewrites params.yaml while the first trains. The first must
     not record k=7 beside k=3's outputs: its stage fails, and DVC records nothing."""
     committed = (scratch / "dvc.lock").read_text()
-    first = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "exp", "run", "-S", "multilabel.knn.n_neighbors=3"],
-        cwd=scratch,
-        env=tool_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    # Once train_multilabel has read its params and is training:
+    first = run_until(
+        [sys.executable, "-m", "dvc", "exp", "run", "-S", "multilabel.knn.n_neighbors=3"], scratch, "knn: 3-fold CV"
     )
-    for line in first.stdout:
-        if "knn: 3-fold CV" in line:  # train_multilabel has read its params and is training
-            break
     second = dvc(["exp", "run", "-S", "multilabel.knn.n_neighbors=7"], scratch, check=False)
     output = first.stdout.read()
     first.wait(timeout=300)

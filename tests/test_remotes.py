@@ -16,15 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dvc, run
+from conftest import dvc, free_port, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
 SSHD = Path("/usr/sbin/sshd")
-
-
-def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def cached_files(root: Path) -> set[str]:
@@ -63,12 +59,6 @@ class SshServer:
         return f"ssh://{getpass.getuser()}@127.0.0.1:{self.port}{folder}"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def keygen(path: Path) -> Path:
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], path.parent)
     return path
@@ -105,6 +95,8 @@ def ssh_server(tmp_path) -> Iterator[SshServer]:
                     break
             assert server.poll() is None, (folder / "sshd.log").read_text()
             time.sleep(0.1)
+        else:
+            pytest.fail(f"sshd did not listen on port {port} within 30 s:\n{(folder / 'sshd.log').read_text()}")
         home = tmp_path / "home"
         (home / ".ssh").mkdir(parents=True)
         host_type, host_public = host_key.with_suffix(".pub").read_text().split()[:2]

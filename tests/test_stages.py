@@ -134,6 +134,31 @@ def test_the_per_image_steps_are_split_off_the_front_of_a_pipeline_only():
     assert list(steps.named_steps) == ["deskew"] and list(rest.named_steps) == ["svc"]
 
 
+def test_input_width_counts_the_features_the_first_learning_step_gets():
+    """What sizes the params' checks and the memory estimate: HOG's width with or without PCA and shifted copies."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from mnist_dvc.features import Deskew, HogFeatures
+
+    pixels = np.zeros((3, 784), np.float32)
+    hog_only = Pipeline([("deskew", Deskew()), ("hog", HogFeatures(keep_pixels=False)), ("svc", SVC())])
+    with_pca = Pipeline([("deskew", Deskew()), ("hog", HogFeatures()), ("scale", StandardScaler()), ("pca", PCA(5))])
+    cases = [
+        (hog_only, 2025),
+        (train_multiclass.shift_augmented(hog_only), 2025),  # deskewing, then HOG inside ShiftAugmented
+        (with_pca, 2025 + 784),
+        (KNeighborsClassifier(), 784),
+        (train_multiclass.shift_augmented(KNeighborsClassifier()), 784),
+        (Pipeline([("scale", StandardScaler()), ("hog", HogFeatures())]), 784),  # HOG after a learned step
+    ]
+    for model, width in cases:
+        assert train_multiclass.input_width(model, pixels) == width, model
+
+
 @pytest.mark.parametrize("max_train_samples", [None, 350])
 def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tmp_path, max_train_samples):
     """svc_hog's deskew and HOG run once per image, yet the saved model, its validation predictions and its CV

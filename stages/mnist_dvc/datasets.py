@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import urllib.parse
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from mnist_dvc.idx import Digests, idx_size, pixel_rows_to_images
 from mnist_dvc.messages import UserError
 from mnist_dvc.params import quoted
 from mnist_dvc.schema import Params
-from mnist_dvc.sources import SourceError
+from mnist_dvc.sources import SourceError, mirror_problem
 
 DIGITS = tuple(str(digit) for digit in range(10))
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -208,27 +207,6 @@ def verify(name: str, dataset: Dataset) -> None:
     got = content_sha256(images, labels)
     if got != spec.content_sha256:
         raise UserError(f"dataset '{name}': content checksum mismatch (expected {spec.content_sha256}, got {got})")
-
-
-def mirror_problem(mirror: str) -> str | None:
-    """Why a `data.mirrors` entry cannot be a source, or None."""
-    if "\x00" in mirror:
-        return "contains a NUL character"
-    if "://" in mirror:
-        try:
-            parts = urllib.parse.urlsplit(mirror)
-        except ValueError as error:
-            return f"not a valid URL ({error})"
-        if parts.scheme.lower() not in ("https", "http", "file"):
-            return f"unsupported URL scheme '{parts.scheme}' (use https://, http://, file:// or a folder)"
-        if parts.scheme.lower() != "file" and not parts.hostname:
-            return "a URL without a host"
-        return None
-    try:
-        Path(mirror).expanduser()
-    except RuntimeError:  # `~user` of a user this machine does not have
-        return f"{mirror.split('/', 1)[0]} names no user of this machine"
-    return None
 
 
 class DataParams(Params):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mnist_dvc.arrays import SIDE
 from mnist_dvc.sources import SourceError
 
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
@@ -18,7 +19,6 @@ TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 IDX_FILES = (*TRAIN_FILES, *TEST_FILES)
 IMAGE_FILES = (TRAIN_FILES[0], TEST_FILES[0])
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
-SIDE = 28
 MAX_IDX_BYTES = 100_000_000  # no 28x28 IDX file is larger: refuse a gzip bomb instead of filling memory
 GZIP_SLACK = 1024  # gzip's header and trailer, with room for a file name or comment in the header
 

@@ -1,4 +1,4 @@
-"""Metrics and curves shared by the training stages (cross-validated) and `evaluate` (test set)."""
+"""Metrics and curves shared by the training stages (cross-validated), `evaluate` (test set) and `report`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ from sklearn.metrics import (
 )
 
 from mnist_dvc.messages import UserError
+
+# The column of the binary predictions file (written by `evaluate`) holding SGD's answers at the threshold chosen
+# for the target precision, the detector as it would be deployed.
+THRESHOLDED_SGD = "sgd_at_target_precision"
 
 # The binary task's scores are reported as curves and a threshold: in float32, a dot product's last digits depend on
 # the CPU's BLAS kernel (measured: the threshold moved in its 7th digit under OPENBLAS_CORETYPE=Prescott), in float64

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import urllib.response
 from pathlib import Path
@@ -69,13 +70,33 @@ def describe(error: BaseException) -> tuple[str, bool]:
     return f"{type(error).__name__}: {error}", False
 
 
+def mirror_problem(mirror: str) -> str | None:
+    """Why a `data.mirrors` entry cannot be a source, or None."""
+    if "\x00" in mirror:
+        return "contains a NUL character"
+    if "://" in mirror:
+        try:
+            parts = urllib.parse.urlsplit(mirror)
+        except ValueError as error:
+            return f"not a valid URL ({error})"
+        if parts.scheme.lower() not in ("https", "http", "file"):
+            return f"unsupported URL scheme '{parts.scheme}' (use https://, http://, file:// or a folder)"
+        if parts.scheme.lower() != "file" and not parts.hostname:
+            return "a URL without a host"
+        return None
+    try:
+        Path(mirror).expanduser()
+    except RuntimeError:  # `~user` of a user this machine does not have
+        return f"{mirror.split('/', 1)[0]} names no user of this machine"
+    return None
+
+
 def base_url(mirror: str) -> str:
     """A `data.mirrors` entry as a base URL ending in '/': folders become file:// URLs."""
+    if problem := mirror_problem(mirror):
+        raise SourceError(problem)
     if "://" not in mirror:
         return Path(mirror).expanduser().resolve().as_uri() + "/"
-    scheme = mirror.split("://", 1)[0].lower()
-    if scheme not in ("https", "http", "file"):
-        raise SourceError(f"unsupported URL scheme '{scheme}' (use https://, http://, file:// or a folder)")
     return mirror.rstrip("/") + "/"
 
 

@@ -2,7 +2,7 @@
 
 Most of the heavy steps run on one core (an SVC's fit and predict, a KNN's search with BLAS pinned to one thread), so
 a stage keeps its workers busy by running independent jobs side by side: whole fits, CV folds, scorings of the test
-set, and scikit-learn's own loops (a forest's trees, `cross_val_predict`'s folds). Each job computes alone from its
+set, and scikit-learn's own loops (`cross_val_predict`'s folds). Each job computes alone from its
 arguments, so the results depend neither on the worker count nor on the machines nor on the order jobs finish in;
 only the time does. That is why where the work runs is an environment variable, never a param.
 
