@@ -1,7 +1,6 @@
 """Run the whole pipeline on a full-size dataset in a scratch copy of the repo; print time, memory and metrics.
 
-    python benchmarks/run_full.py --dataset fashion-mnist --mirror /usr/share/datasets/fashion-mnist \
-        --set multiclass.models.svc_hog.deskew=false
+    python benchmarks/run_full.py --dataset fashion-mnist --mirror /usr/share/datasets/fashion-mnist --runs 3
 
 Each stage runs as `dvc repro --single-item <stage>`, in dvc.yaml's order, with a fresh download cache, so the
 download stage's time includes reading the mirror. Peak memory is reported twice: the largest single process
@@ -36,16 +35,21 @@ from pathlib import Path
 
 import psutil
 import yaml
+from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "stages")]
 from conftest import copy_repo, dask_cluster, tool_env  # noqa: E402  (the tests' way to make a repo copy, a cluster)
+from mnist_dvc.params import read_params_file  # noqa: E402  (params.yaml read as DVC reads it)
 
 SAMPLE_SECONDS = 0.1
-MB = 1024 * 1024
+MIB = 1024 * 1024
+# params.yaml and --set values as DVC reads and writes them (YAML 1.2: `1e-5` is a number).
+YAML_1_2 = YAML(typ="safe")
+YAML_1_2.default_flow_style = False
 # The targets of a full-size run on 2 cores.
 TARGET_SECONDS = 240
-TARGET_RSS_MB = 3 * 1024
+TARGET_RSS_MIB = 3 * 1024
 TARGET_ACCURACY = {"mnist": 0.99, "fashion-mnist": 0.92}
 MODELLED_WORKERS = (2, 4, 8, 16, 32)
 
@@ -54,9 +58,9 @@ MODELLED_WORKERS = (2, 4, 8, 16, 32)
 class Measured:
     stage: str
     seconds: float
-    peak_mb: float  # the largest single process
-    tree_peak_mb: float  # all processes of the stage at once, sampled
-    workers_peak_mb: float = 0.0  # all Dask workers at once, sampled
+    peak_mib: float  # the largest single process
+    tree_peak_mib: float  # all processes of the stage at once, sampled
+    workers_peak_mib: float = 0.0  # all Dask workers at once, sampled
     tasks: tuple[tuple[float, float], ...] = ()  # (start, seconds) of each task the Dask scheduler ran for it
 
 
@@ -81,7 +85,7 @@ def prepare(workspace: Path, dataset: str, mirrors: list[str], overrides: list[s
     workspace.mkdir()
     copy_repo(workspace)
     params_file = workspace / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+    params = read_params_file(params_file)
     params["data"] = {"dataset": dataset, "mirrors": mirrors}
     for override in overrides:  # KEY=VALUE, as `dvc exp run -S` takes it
         key, value = override.split("=", 1)
@@ -89,8 +93,9 @@ def prepare(workspace: Path, dataset: str, mirrors: list[str], overrides: list[s
         node = params
         for part in parents:
             node = node[part]
-        node[last] = yaml.safe_load(value)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        node[last] = YAML_1_2.load(value)
+    with open(params_file, "w") as out:
+        YAML_1_2.dump(params, out)
     return list(yaml.safe_load((workspace / "dvc.yaml").read_text())["stages"])
 
 
@@ -136,8 +141,8 @@ def run_stage(stage: str, workspace: Path, env: dict[str, str], log: Path, worke
         sampler.join()
     if process.returncode != 0:
         sys.exit(f"stage {stage} failed ({process.returncode}):\n{log.read_text()}")
-    peak_mb = usage.ru_maxrss * 1024 / MB  # Linux reports kilobytes
-    return Measured(stage, seconds, peak_mb, max(peak[0] / MB, peak_mb), peak[1] / MB)
+    peak_mib = usage.ru_maxrss * 1024 / MIB  # Linux reports kilobytes
+    return Measured(stage, seconds, peak_mib, max(peak[0] / MIB, peak_mib), peak[1] / MIB)
 
 
 def task_durations(stream: list[dict]) -> tuple[tuple[float, float], ...]:
@@ -196,40 +201,32 @@ def scaling_table(results: list[Measured], measured_workers: int) -> str:
     return "\n".join(lines)
 
 
-def report(dataset: str, results: list[Measured], metrics: dict, selected: str) -> str:
-    lines = [f"{'stage':<18} {'wall s':>8} {'peak RSS MB':>12} {'sum RSS MB':>11} {'workers MB':>11}"]
+def report(dataset: str, run: Run) -> str:
+    results = run.stages
+    lines = [f"{'stage':<18} {'wall s':>8} {'peak RSS MiB':>12} {'sum RSS MiB':>11} {'workers MiB':>11}"]
     lines += [
-        f"{r.stage:<18} {r.seconds:>8.1f} {r.peak_mb:>12.0f} {r.tree_peak_mb:>11.0f} {r.workers_peak_mb:>11.0f}"
+        f"{r.stage:<18} {r.seconds:>8.1f} {r.peak_mib:>12.0f} {r.tree_peak_mib:>11.0f} {r.workers_peak_mib:>11.0f}"
         for r in results
     ]
-    total = sum(r.seconds for r in results)
-    peak = max(r.peak_mb for r in results)
-    tree_peak, workers_peak = max(r.tree_peak_mb for r in results), max(r.workers_peak_mb for r in results)
-    lines.append(f"{'total':<18} {total:>8.1f} {peak:>12.0f} {tree_peak:>11.0f} {workers_peak:>11.0f}")
+    peak = max(r.peak_mib for r in results)
+    tree_peak, workers_peak = max(r.tree_peak_mib for r in results), max(r.workers_peak_mib for r in results)
+    lines.append(f"{'total':<18} {run.seconds:>8.1f} {peak:>12.0f} {tree_peak:>11.0f} {workers_peak:>11.0f}")
     slowest = max(results, key=lambda r: r.seconds)
-    lines.append(f"slowest stage: {slowest.stage} ({slowest.seconds / total:.0%} of the time)")
+    lines.append(f"slowest stage: {slowest.stage} ({slowest.seconds / run.seconds:.0%} of the time)")
 
-    multiclass = {name: model["test"]["accuracy"] for name, model in metrics["multiclass"].items()}
+    multiclass = {name: model["test"]["accuracy"] for name, model in run.metrics["multiclass"].items()}
     lines.append("multiclass test accuracy: " + ", ".join(f"{name} {acc:.4f}" for name, acc in multiclass.items()))
-    best = selected  # the model the pipeline chose on its validation images, not the test set's best
-    lines.append(f"chosen multiclass model: {best}")
-    binary = {name: model["test"]["roc_auc"] for name, model in metrics["binary"].items()}
+    # the model the pipeline chose on its validation images, not the test set's best
+    lines.append(f"chosen multiclass model: {run.chosen}")
+    binary = {name: model["test"]["roc_auc"] for name, model in run.metrics["binary"].items()}
     lines.append("binary test ROC AUC: " + ", ".join(f"{name} {auc:.4f}" for name, auc in binary.items()))
-    lines.append(f"multilabel test F1 macro: {metrics['multilabel']['knn']['test']['f1_macro']:.4f}")
-    denoised = metrics["multioutput"]["knn"]["test"]
+    lines.append(f"multilabel test F1 macro: {run.metrics['multilabel']['knn']['test']['f1_macro']:.4f}")
+    denoised = run.metrics["multioutput"]["knn"]["test"]
     lines.append(
         f"denoising mean absolute error: {denoised['mean_abs_error']:.2f} (noisy input "
         f"{denoised['mean_abs_error_noisy']:.2f})"
     )
-
-    checks = [
-        (f"end to end {total:.0f} s <= {TARGET_SECONDS} s", total <= TARGET_SECONDS),
-        (f"peak RSS {peak:.0f} MB <= {TARGET_RSS_MB} MB", peak <= TARGET_RSS_MB),
-    ]
-    if dataset in TARGET_ACCURACY:
-        target, accuracy = TARGET_ACCURACY[dataset], multiclass[best]
-        checks.append((f"best multiclass accuracy {accuracy:.4f} ({best}) >= {target}", accuracy >= target))
-    lines += [f"{'met   ' if met else 'MISSED'} {text}" for text, met in checks]
+    lines += [f"{'met   ' if met else 'MISSED'} {text}" for text, met in checks(dataset, run)]
     return "\n".join(lines)
 
 
@@ -302,21 +299,24 @@ def markdown(args: argparse.Namespace, command: str, runs: list[Run]) -> str:
         "",
         f"`{command}` on {machine()}.",
         "",
-        "| stage | wall time, s (median) | peak memory of one process, MB (largest) |"
-        + (" Dask workers together, MB (largest) |" if args.dask_workers else ""),
+        "| stage | wall time, s (median) | peak memory of one process, MiB (largest) |"
+        + (" Dask workers together, MiB (largest) |" if args.dask_workers else ""),
         "|---|---|---|" + ("---|" if args.dask_workers else ""),
     ]
     for index, name in enumerate(names):
         seconds = statistics.median(run.stages[index].seconds for run in runs)
-        peak = max(run.stages[index].peak_mb for run in runs)
+        peak = max(run.stages[index].peak_mib for run in runs)
         row = f"| {name} | {seconds:.1f} | {peak:,.0f} |"
         if args.dask_workers:
-            row += f" {max(run.stages[index].workers_peak_mb for run in runs):,.0f} |"
+            row += f" {max(run.stages[index].workers_peak_mib for run in runs):,.0f} |"
         lines.append(row)
     totals = ", ".join(f"{run.seconds:.1f}" for run in runs)
-    peak = max(stage.peak_mb for run in runs for stage in run.stages)
+    peak = max(stage.peak_mib for run in runs for stage in run.stages)
     median = statistics.median(run.seconds for run in runs)
-    lines.append(f"| **end to end** | **{median:.1f}** (runs: {totals}) | **{peak:,.0f}** |")
+    row = f"| **end to end** | **{median:.1f}** (runs: {totals}) | **{peak:,.0f}** |"
+    if args.dask_workers:
+        row += f" **{max(stage.workers_peak_mib for run in runs for stage in run.stages):,.0f}** |"
+    lines.append(row)
     same = all(run.outputs == runs[0].outputs for run in runs)
     lines += ["", f"Every output byte the same in every run: {'yes' if same else 'NO'}."]
     accuracy = median_run.metrics["multiclass"]
@@ -326,14 +326,15 @@ def markdown(args: argparse.Namespace, command: str, runs: list[Run]) -> str:
         + ", ".join(f"`{name}` {model['test']['accuracy']:.4f}" for name, model in accuracy.items())
         + ".",
         "",
-        "Targets: "
+        "Targets, for the median run: "
         + "; ".join(f"{'met' if met else 'MISSED'}: {text}" for text, met in checks(args.dataset, median_run))
         + ".",
     ]
     if args.dask_workers:
         lines += [
             "",
-            "Modelled seconds on N workers, from the median run's task durations:",
+            "Modelled seconds on N workers, from the median run's task durations (its own seconds in the first "
+            "column):",
             "",
             "```",
             scaling_table(median_run.stages, args.dask_workers),
@@ -343,10 +344,10 @@ def markdown(args: argparse.Namespace, command: str, runs: list[Run]) -> str:
 
 
 def checks(dataset: str, run: Run) -> list[tuple[str, bool]]:
-    peak = max(stage.peak_mb for stage in run.stages)
+    peak = max(stage.peak_mib for stage in run.stages)
     found = [
         (f"end to end {run.seconds:.0f} s <= {TARGET_SECONDS} s", run.seconds <= TARGET_SECONDS),
-        (f"peak RSS {peak:,.0f} MB <= {TARGET_RSS_MB:,} MB", peak <= TARGET_RSS_MB),
+        (f"peak RSS {peak:,.0f} MiB <= {TARGET_RSS_MIB:,} MiB", peak <= TARGET_RSS_MIB),
     ]
     if dataset in TARGET_ACCURACY:
         target, accuracy = TARGET_ACCURACY[dataset], run.metrics["multiclass"][run.chosen]["test"]["accuracy"]
@@ -366,7 +367,7 @@ def main() -> None:
         "--dask-workers", type=int, default=0, metavar="N", help="run on a local Dask cluster of N workers (processes)"
     )
     args = parser.parse_args()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params_file(ROOT / "params.yaml")
     for override in args.set:
         if reason := check_override(override, params):
             parser.error(reason)
@@ -386,7 +387,7 @@ def main() -> None:
         runs.append(run)
         where = f"a local Dask cluster of {args.dask_workers} workers" if args.dask_workers else "local threads"
         print(f"run {number + 1}: {args.dataset}, {os.cpu_count()} CPUs, {where}")
-        print(report(args.dataset, run.stages, run.metrics, run.chosen))
+        print(report(args.dataset, run))
         if args.dask_workers:
             print(f"\nmodelled seconds on N workers (from {sum(len(r.tasks) for r in run.stages)} tasks' durations)")
             print(scaling_table(run.stages, args.dask_workers))
