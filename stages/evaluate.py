@@ -1,85 +1,156 @@
-"""Stage `evaluate`: every trained model on the held-out test set.
+"""Stage `evaluate`: every model's answers on the held-out images turned into metrics; the multiclass model chosen.
 
-Writes the test metrics, every model's answer for every test image, the curves, the confusion matrix and per-class
-metrics as data for `dvc plots`, and the first cleaned test images; the `report` stage draws its figures from the
-answers, the curves and the images.
+The training stages wrote what each model answered for the images it did not learn from (`data/answers/`); this is
+the only stage that reads the test labels, and it loads no model, so it is cheap and a change to one model reruns
+that model's stage and this one, not every scoring. It chooses the multiclass model by validation accuracy (the test
+set plays no part), and writes the cross-validated and test metrics, every model's answer for every test image, the
+curves, the confusion matrix and per-class metrics as data for `dvc plots`, and the first cleaned test images; the
+`report` stage draws its figures from them.
 """
 
 from __future__ import annotations
 
 import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.metrics import accuracy_score, f1_score
-from sklearn.model_selection import FixedThresholdClassifier
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline
+from sklearn.metrics import f1_score
 
-from mnist_dvc.arrays import SIDE, load_class_names, load_split, save_array, to_features
+from mnist_dvc.arrays import SIDE, load_array, load_class_names, load_split, save_array
 from mnist_dvc.curves import CURVE_MODELS, write_curves
-from mnist_dvc.denoise import TEST_STREAM, mean_absolute_error, noisy_pixels
-from mnist_dvc.features import ShiftAugmented
+from mnist_dvc.denoise import as_features, mean_absolute_error
 from mnist_dvc.files import write_csv, write_json
-from mnist_dvc.manifest import read_manifest
+from mnist_dvc.manifest import Manifest, write_manifest
 from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import (
-    BINARY_FEATURES_DTYPE,
     MULTILABEL_NAMES,
     THRESHOLDED_SGD,
+    accuracy,
+    best_model,
     binary_metrics,
     check_both_classes,
-    decision_cutoff,
     is_target,
     multilabel_f1,
     multilabel_targets,
     per_class_metrics,
-    positive_scores,
     proportion_with_interval,
     rounded,
     threshold_for_precision,
 )
-from mnist_dvc.models import load_model
 from mnist_dvc.params import check_at_most, load_params
-from mnist_dvc.paths import DENOISED_FILE, METRICS_DIR, MODELS_DIR, PLOTS_DIR, PREDICTIONS_DIR, display_path
+from mnist_dvc.paths import (
+    ANSWERS_DIR,
+    DENOISED_FILE,
+    METRICS_DIR,
+    MULTICLASS_CV_FILE,
+    PLOTS_DIR,
+    PREDICTIONS_DIR,
+    display_path,
+)
 from mnist_dvc.runner import run_stage
-from mnist_dvc.schema import ClassIndex, NoiseAmplitude, Probability, Seed
-from mnist_dvc.workers import Job, run_jobs
+from mnist_dvc.schema import ClassIndex, MulticlassModels, Probability
 
-# The deployed SGD carries the threshold chosen in training (train_binary.thresholded_sgd).
-BINARY_MODELS = {"sgd": FixedThresholdClassifier, "dummy": DummyClassifier, "forest": RandomForestClassifier}
-MULTICLASS_KINDS = (Pipeline, RandomForestClassifier, KNeighborsClassifier, ShiftAugmented)
+BINARY_MODELS = ("sgd", "dummy", "forest")
 N_PIXELS = SIDE * SIDE
 DENOISED_SHOWN = 10  # test images the report shows noisy and cleaned
-IMAGES_CLEANED_AT_ONCE = 250  # test images cleaned at once: about 400 MB
+
+BinaryAnswers = dict[str, tuple[np.ndarray, np.ndarray]]  # a model's scores for 'yes' and its answers at its cutoff
 
 
-def binary_outputs(model: Any, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A binary model's scores for 'yes', its answers at its own cutoff (0 for a decision function, 0.5 for a
-    probability, as in cross-validation), and its `predict`: the same, but SGD's applies its chosen threshold."""
-    scores = positive_scores(model, features)
-    return scores, scores > decision_cutoff(model), model.predict(features)
+@dataclass(frozen=True)
+class MulticlassAnswers:
+    """What every multiclass model answered, by model: for the cross-validated training images (the same for every
+    model), the validation images that choose among them, and the test images."""
+
+    cv_images: np.ndarray  # positions in the training set
+    cv: dict[str, np.ndarray]
+    validation_images: np.ndarray
+    validation: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
 
 
-def clean_images(denoiser: Any, noisy: np.ndarray) -> np.ndarray:
-    """The denoiser's clean pixels (0..255), in chunks: for 784 outputs, scikit-learn's KNN predicts through class
-    probabilities of every output, about 1.6 MB per image (measured: 15 GB for 10,000 test images at once)."""
-    chunks = range(0, len(noisy), IMAGES_CLEANED_AT_ONCE)
-    return np.concatenate([denoiser.predict(noisy[start : start + IMAGES_CLEANED_AT_ONCE]) for start in chunks])
+def read_answers(path: Path, dtype: type, shape: tuple[int | None, ...]) -> np.ndarray:
+    """An array a training stage wrote, of `dtype` and `shape` (None: any length), or a message naming the file."""
+    array = load_array(path, dtype, len(shape))
+    if any(size is not None and size != actual for size, actual in zip(shape, array.shape, strict=True)):
+        expected = " x ".join("n" if size is None else f"{size:,}" for size in shape)
+        raise UserError(f"{display_path(path)}: expected {expected} answers, got {array.shape} (run `dvc repro`)")
+    return array
+
+
+def read_binary_answers(n_test: int) -> tuple[BinaryAnswers, np.ndarray]:
+    """Each binary model's test scores and answers, and the deployed SGD's answers at its chosen threshold."""
+    folder = ANSWERS_DIR / "binary"
+    answers = {
+        name: (
+            read_answers(folder / f"{name}_scores.npy", np.float64, (n_test,)),
+            read_answers(folder / f"{name}_answers.npy", np.bool_, (n_test,)),
+        )
+        for name in BINARY_MODELS
+    }
+    return answers, read_answers(folder / f"{THRESHOLDED_SGD}_answers.npy", np.bool_, (n_test,))
+
+
+def read_multilabel_answers(n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The KNN's two labels for each test image, and the test images with noise added (0..255 + noise) and cleaned."""
+    folder = ANSWERS_DIR / "multilabel"
+    return (
+        read_answers(folder / "test_predictions.npy", np.bool_, (n_test, len(MULTILABEL_NAMES))),
+        read_answers(folder / "test_noisy.npy", np.int16, (n_test, N_PIXELS)),
+        read_answers(folder / "test_cleaned.npy", np.uint8, (n_test, N_PIXELS)),
+    )
+
+
+def check_no_leftovers(folder: Path, names: list[str]) -> None:
+    """Refuse answers of a model no longer in params.yaml: DVC leaves a removed stage's outputs in place, and this
+    stage would record them as inputs, so its dvc.lock would differ from a fresh clone's."""
+    left = sorted(path.name for path in folder.glob("*/") if path.name not in names)
+    if left:
+        paths = " ".join(f"{display_path(folder / name)} data/models/multiclass/{name}.skops" for name in left)
+        raise UserError(
+            f"{display_path(folder)}: answers of {', '.join(left)}, no longer in params.yaml's multiclass.models: "
+            f"delete what that model's stage left (`rm -r {paths}`) and rerun"
+        )
+
+
+def read_multiclass_answers(names: list[str], n_train: int, n_test: int) -> MulticlassAnswers:
+    """Every multiclass model's answers, checked to be for the same training images as the others'."""
+    check_no_leftovers(ANSWERS_DIR / "multiclass", names)
+    parts: dict[str, dict[str, np.ndarray]] = {
+        part: {} for part in ("cv_images", "cv", "validation_images", "validation")
+    }
+    test = {}
+    for name in names:
+        folder = ANSWERS_DIR / "multiclass" / name
+        for part in ("cv", "validation"):
+            images = read_answers(folder / f"{part}_images.npy", np.int64, (None,))
+            if len(images) == 0 or images.min() < 0 or images.max() >= n_train:
+                raise UserError(f"{display_path(folder / f'{part}_images.npy')}: image numbers out of range")
+            parts[f"{part}_images"][name] = images
+            parts[part][name] = read_answers(folder / f"{part}_predictions.npy", np.uint8, (len(images),))
+        test[name] = read_answers(folder / "test_predictions.npy", np.uint8, (n_test,))
+    for part in ("cv_images", "validation_images"):
+        first, *others = parts[part].values()
+        if any(not np.array_equal(first, other) for other in others):
+            raise UserError(
+                f"{display_path(ANSWERS_DIR / 'multiclass')}: the models' {part} differ: some stage ran with other "
+                "multiclass.* params (run `dvc repro`)"
+            )
+    first = names[0]
+    return MulticlassAnswers(
+        parts["cv_images"][first], parts["cv"], parts["validation_images"][first], parts["validation"], test
+    )
 
 
 def evaluate_binary(
-    outputs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], target: np.ndarray, target_precision: float
+    answers: BinaryAnswers, thresholded: np.ndarray, target: np.ndarray, target_precision: float
 ) -> dict[str, Any]:
     """Each binary model's test metrics at its own cutoff; SGD's also at the threshold chosen in training."""
-    metrics = {
-        name: {"test": binary_metrics(target, answers, scores)} for name, (scores, answers, _) in outputs.items()
-    }
-    scores, _, thresholded = outputs["sgd"]
-    metrics["sgd"]["test"].update(threshold_results(target, scores, thresholded, target_precision))
+    metrics = {name: {"test": binary_metrics(target, said, scores)} for name, (scores, said) in answers.items()}
+    metrics["sgd"]["test"].update(threshold_results(target, answers["sgd"][0], thresholded, target_precision))
     return metrics
 
 
@@ -100,29 +171,26 @@ def threshold_results(
     return results
 
 
-def load_models(multiclass_names: list[str]) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, Any]]:
-    """Every model, each checked to be the kind its stage writes, before anything is written."""
-    binary = {
-        name: load_model(MODELS_DIR / "binary" / f"{name}.skops", kind, N_PIXELS)
-        for name, kind in BINARY_MODELS.items()
+def choose_model(answers: MulticlassAnswers, train_labels: np.ndarray) -> tuple[dict[str, Any], str]:
+    """Each multiclass model's cross-validated and validation accuracy, and the model with the best validation
+    accuracy (a tie goes to the cheaper): the test set plays no part in the choice."""
+    cv_truth, validation_truth = train_labels[answers.cv_images], train_labels[answers.validation_images]
+    metrics = {
+        name: {
+            "cv": {"accuracy": accuracy(cv_truth, answers.cv[name])},
+            "validation": {"accuracy": accuracy(validation_truth, answers.validation[name])},
+        }
+        for name in answers.cv
     }
-    multiclass = {
-        name: load_model(MODELS_DIR / "multiclass" / f"{name}.skops", MULTICLASS_KINDS, N_PIXELS)
-        for name in multiclass_names
-    }
-    knn = load_model(MODELS_DIR / "multilabel" / "knn.skops", KNeighborsClassifier, N_PIXELS)
-    denoiser = load_model(MODELS_DIR / "multilabel" / "denoiser.skops", KNeighborsClassifier, N_PIXELS)
-    for name, model, outputs in [("knn", knn, 2), ("denoiser", denoiser, N_PIXELS)]:
-        if not model.outputs_2d_ or len(model.classes_) != outputs:
-            path = display_path(MODELS_DIR / "multilabel" / f"{name}.skops")
-            raise UserError(f"{path}: a model with {outputs} outputs was expected, it has {len(model.classes_)}")
-    return binary, multiclass, (knn, denoiser)
+    for name, scores in metrics.items():
+        log(f"{name}: CV accuracy {scores['cv']['accuracy']:.4f}, validation {scores['validation']['accuracy']:.4f}")
+    return metrics, best_model({name: metrics[name]["validation"]["accuracy"] for name in metrics})
 
 
 def evaluate_denoiser(images: np.ndarray, noisy: np.ndarray, cleaned: np.ndarray) -> dict[str, Any]:
     """Mean absolute pixel error (0..255) of the cleaned test images, beside that of the noisy input itself; the first
-    ones, noisy and cleaned, saved for the report."""
-    noisy_scale = noisy * 255  # back on the pixels' scale
+    ones, noisy and cleaned, saved for the report. `noisy`: the pixels plus noise, as the denoiser's input was made."""
+    noisy_scale = as_features(noisy) * 255  # the denoiser's input, back on the pixels' scale
     examples = np.stack([pixels[:DENOISED_SHOWN].reshape(-1, SIDE, SIDE) for pixels in (noisy_scale, cleaned)])
     save_array(DENOISED_FILE, examples.astype(np.float32))
     return {
@@ -138,17 +206,17 @@ def evaluate_denoiser(images: np.ndarray, noisy: np.ndarray, cleaned: np.ndarray
 def write_predictions(
     target: np.ndarray,
     labels: np.ndarray,
-    binary: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    binary: tuple[BinaryAnswers, np.ndarray],
     multiclass: dict[str, np.ndarray],
     multilabel: np.ndarray,
 ) -> None:
     """Every model's answer for every test image, small and committed, so that two revisions can be compared image
     by image (tools/compare.py). Binary scores at 6 significant digits: enough for a ROC AUC, stable across CPUs."""
+    answers, thresholded = binary
     binary_columns: dict[str, np.ndarray] = {"truth": target.astype(np.int8)}
-    for name, (scores, answers, _) in binary.items():
-        binary_columns |= {name: answers.astype(np.int8), f"{name}_score": scores}
-    scores, _, thresholded = binary["sgd"]
-    binary_columns |= {THRESHOLDED_SGD: thresholded.astype(np.int8), f"{THRESHOLDED_SGD}_score": scores}
+    for name, (scores, said) in answers.items():
+        binary_columns |= {name: said.astype(np.int8), f"{name}_score": scores}
+    binary_columns |= {THRESHOLDED_SGD: thresholded.astype(np.int8), f"{THRESHOLDED_SGD}_score": answers["sgd"][0]}
     write_csv(PREDICTIONS_DIR / "binary.csv", binary_columns, digits=6)
     write_csv(PREDICTIONS_DIR / "multiclass.csv", {"truth": labels, **multiclass})
     truth = multilabel_targets(labels)
@@ -157,64 +225,59 @@ def write_predictions(
     write_csv(PREDICTIONS_DIR / "multilabel.csv", {name: column.astype(np.int8) for name, column in columns.items()})
 
 
+def write_chosen_model_data(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], chosen: str) -> None:
+    """The chosen model's confusion data and per-class metrics on the test set, for `dvc plots`."""
+    names = np.array(class_names)
+    write_csv(PLOTS_DIR / "multiclass_test_confusion.csv", {"actual": names[labels], "predicted": names[predicted]})
+    per_class = per_class_metrics(labels, {chosen: predicted}, class_names)
+    write_csv(
+        PLOTS_DIR / "multiclass_test_per_class.csv",
+        {"class": names, **{metric: frame[chosen].to_numpy() for metric, frame in per_class.items()}},
+    )
+
+
 def main() -> None:
     digit = load_params("binary.digit", ClassIndex)
     target_precision = load_params("binary.target_precision", Probability)
-    noise = load_params("multilabel.denoise.noise", NoiseAmplitude)
-    noise_seed = load_params("multilabel.denoise.seed", Seed)
+    names = load_params("multiclass.models", MulticlassModels).names()
     images, labels = load_split("test")
+    _, train_labels = load_split("train")
     class_names = load_class_names()
     check_at_most("binary.digit", digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
     target = is_target(labels, digit)
     check_both_classes(target, digit, class_names[digit], "test")
-    features = to_features(images)
-    manifest = read_manifest()
-    binary_models, multiclass_models, (knn, denoiser) = load_models(manifest.models)
+    binary_answers = read_binary_answers(len(labels))
+    multilabel, noisy, cleaned = read_multilabel_answers(len(labels))
+    answers = read_multiclass_answers(names, len(train_labels), len(labels))
+    log(f"scoring the answers of {len(BINARY_MODELS)} binary, {len(names)} multiclass and 2 multilabel models")
 
-    noisy = noisy_pixels(images, noise, noise_seed, TEST_STREAM)
-    binary_features = to_features(images, BINARY_FEATURES_DTYPE)
-    # Every model's predictions as one job each, the longest first (benchmarks/run_full.py on Fashion-MNIST).
-    jobs: list[Job] = [
-        ("denoiser", clean_images, (denoiser, noisy)),
-        ("multilabel", knn.predict, (features,)),
-        *[(f"multiclass.{name}", model.predict, (features,)) for name, model in multiclass_models.items()],
-        *[(f"binary.{name}", binary_outputs, (model, binary_features)) for name, model in binary_models.items()],
-    ]
-    log(f"scoring the test set with {len(jobs)} models")
-    outputs = dict(zip([name for name, _, _ in jobs], run_jobs(jobs), strict=True))
-    binary_scored = {name: outputs[f"binary.{name}"] for name in binary_models}
-    predictions = {name: outputs[f"multiclass.{name}"] for name in multiclass_models}
-    write_predictions(target, labels, binary_scored, predictions, outputs["multilabel"])
+    training, chosen = choose_model(answers, train_labels)
+    write_manifest(Manifest(models=names, chosen=chosen, validation_images=len(answers.validation_images)))
+    write_json(METRICS_DIR / "multiclass_cv.json", {"multiclass": training})
+    # The data behind the report's error analysis: which training image each CV prediction is for.
+    write_csv(MULTICLASS_CV_FILE, {"image": answers.cv_images, "truth": train_labels[answers.cv_images], **answers.cv})
 
-    binary = evaluate_binary(binary_scored, target, target_precision)
-    write_curves({name: (target, binary_scored[name][0]) for name in CURVE_MODELS}, "test")
+    write_predictions(target, labels, binary_answers, answers.test, multilabel)
+    binary = evaluate_binary(*binary_answers, target, target_precision)
+    write_curves({name: (target, binary_answers[0][name][0]) for name in CURVE_MODELS}, "test")
     multiclass = {
         name: {
             "test": {
-                "accuracy": rounded(accuracy_score(labels, predicted)),
+                "accuracy": accuracy(labels, predicted),
                 "f1_macro": rounded(f1_score(labels, predicted, average="macro")),
             }
         }
-        for name, predicted in predictions.items()
+        for name, predicted in answers.test.items()
     }
-    chosen = manifest.chosen
-    write_csv(
-        PLOTS_DIR / "multiclass_test_confusion.csv",
-        {"actual": np.array(class_names)[labels], "predicted": np.array(class_names)[predictions[chosen]]},
-    )
-    per_class = per_class_metrics(labels, {chosen: predictions[chosen]}, class_names)
-    write_csv(
-        PLOTS_DIR / "multiclass_test_per_class.csv",
-        {"class": np.array(class_names), **{metric: frame[chosen].to_numpy() for metric, frame in per_class.items()}},
-    )
-    multilabel = {"knn": {"test": multilabel_f1(multilabel_targets(labels), outputs["multilabel"])}}
-    multioutput = evaluate_denoiser(images, noisy, outputs["denoiser"])
+    write_chosen_model_data(labels, answers.test[chosen], class_names, chosen)
+    multilabel_metrics = {"knn": {"test": multilabel_f1(multilabel_targets(labels), multilabel)}}
+    multioutput = evaluate_denoiser(images, noisy, cleaned)
     write_json(
         METRICS_DIR / "test.json",
-        {"binary": binary, "multiclass": multiclass, "multilabel": multilabel, "multioutput": multioutput},
+        {"binary": binary, "multiclass": multiclass, "multilabel": multilabel_metrics, "multioutput": multioutput},
     )
     log(f"chosen multiclass model: {chosen}, test accuracy {multiclass[chosen]['test']['accuracy']:.4f}")
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    run_stage(main, __doc__, parallel=False)

@@ -1,7 +1,8 @@
 """Stage `train_binary`: 'is it a 5?' with SGD, a dummy baseline and a random forest, cross-validated.
 
-Writes the models, their cross-validated (and out-of-bag) metrics, and the data behind the `report` stage's binary
-figures: the curves for `dvc plots`, and every training image's out-of-sample scores.
+Writes the models, their cross-validated (and out-of-bag) metrics, the data behind the `report` stage's binary
+figures (the curves for `dvc plots`, and every training image's out-of-sample scores), and each model's scores and
+answers for the test images, which `evaluate` scores (their labels are never read here).
 """
 
 from __future__ import annotations
@@ -18,23 +19,25 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, train_test_split
 
-from mnist_dvc.arrays import first_n, load_class_names, load_split, to_features
+from mnist_dvc.arrays import first_n, load_class_names, load_split, load_split_images, save_arrays, to_features
 from mnist_dvc.curves import write_curves
 from mnist_dvc.files import write_csv, write_json
 from mnist_dvc.messages import UserError, log
 from mnist_dvc.metrics import (
     BINARY_FEATURES_DTYPE,
+    THRESHOLDED_SGD,
     binary_metrics,
     check_both_classes,
     decision_cutoff,
     is_target,
+    positive_scores,
     rounded,
     score_method,
     threshold_for_precision,
 )
 from mnist_dvc.models import save_model
 from mnist_dvc.params import check_at_most, check_folds, load_params
-from mnist_dvc.paths import BINARY_CV_SCORES_FILE, METRICS_DIR, MODELS_DIR
+from mnist_dvc.paths import ANSWERS_DIR, BINARY_CV_SCORES_FILE, METRICS_DIR, MODELS_DIR
 from mnist_dvc.runner import refused_by_estimator, run_stage
 from mnist_dvc.schema import BinaryParams
 from mnist_dvc.workers import Job, run_jobs
@@ -196,6 +199,18 @@ def evaluate_scores(
     return metrics
 
 
+def test_answers(models: dict[str, Any], features: np.ndarray) -> dict[str, np.ndarray]:
+    """Each model's scores for 'yes' on the test images and its answers at its own cutoff (0 for a decision
+    function, 0.5 for a probability, as in cross-validation); and the deployed SGD's `predict`, which applies the
+    threshold chosen for the target precision."""
+    answers = {}
+    for name, model in models.items():
+        scores = positive_scores(model, features)
+        answers |= {f"{name}_scores": scores, f"{name}_answers": scores > decision_cutoff(model)}
+    answers[f"{THRESHOLDED_SGD}_answers"] = models["sgd"].predict(features)
+    return answers
+
+
 def main() -> None:
     params = load_params("binary", BinaryParams)
     images, labels = load_split("train")
@@ -226,9 +241,12 @@ def main() -> None:
     metrics["sgd"]["threshold_choice"] = choice
     log(f"sgd: {choice}")
 
+    answers = test_answers(models, to_features(load_split_images("test"), BINARY_FEATURES_DTYPE))
+
     # Outputs only once every model is fitted: a refused param leaves nothing behind.
     for name, model in models.items():
         save_model(MODELS_DIR / "binary" / f"{name}.skops", model)
+    save_arrays(ANSWERS_DIR / "binary", answers)
     write_json(METRICS_DIR / "binary_cv.json", {"binary": metrics})
 
     write_curves(scored, "cv")

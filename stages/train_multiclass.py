@@ -1,7 +1,10 @@
-"""Stage `train_multiclass`: SVC (one-vs-one), one-vs-rest SVC, HOG SVC, KNN, random forest and SGD on all classes.
+"""Stage `train_multiclass@<model>`: one multiclass model on all classes, named on the command line.
 
-Writes the models with a manifest naming them and the one chosen on the validation images, their cross-validated and
-validation accuracy, and every CV prediction (the data behind the `report` stage's error analysis).
+`dvc.yaml` runs this script once per entry of `multiclass.models` (SVC one-vs-one, one-vs-rest SVC, HOG SVC, KNN,
+random forest, SGD), each a stage of its own that reads only its entry and the shared `multiclass.*` keys, so a change
+to one model reruns that model alone. Writes the model and its answers: for the cross-validated training images, for
+the validation images that choose among the models, and for the test images (their labels are never read here).
+`evaluate` chooses the model and turns the answers into metrics.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import SGDClassifier
-from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
@@ -25,19 +27,17 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils import get_tags
 
-from mnist_dvc.arrays import first_n, load_dataset_info, load_split, to_features
+from mnist_dvc.arrays import first_n, load_dataset_info, load_split, load_split_images, save_arrays, to_features
 from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented
-from mnist_dvc.files import write_csv, write_json
-from mnist_dvc.manifest import Manifest, write_manifest
 from mnist_dvc.memory import LIMIT_VARIABLE, check_memory, memory_limit
 from mnist_dvc.messages import UserError, log
-from mnist_dvc.metrics import best_model, rounded
+from mnist_dvc.metrics import accuracy
 from mnist_dvc.models import save_model
-from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_params
-from mnist_dvc.paths import METRICS_DIR, MODELS_DIR, MULTICLASS_CV_FILE, SPLIT_DIR
+from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_keys, load_params
+from mnist_dvc.paths import ANSWERS_DIR, MODELS_DIR, SPLIT_DIR
 from mnist_dvc.runner import refused_by_estimator, run_stage
-from mnist_dvc.schema import HogSVCParams, MulticlassParams, MulticlassSGDParams, SVCParams
-from mnist_dvc.workers import Job, run_jobs, workers_at_once
+from mnist_dvc.schema import HogSVCParams, MulticlassModels, MulticlassSGDParams, MulticlassSharedParams, SVCParams
+from mnist_dvc.workers import Job, map_pieces, run_jobs, workers_at_once
 
 
 def pca(components: int | None, seed: int | None = None) -> list[tuple[str, Any]]:
@@ -110,16 +110,7 @@ def shift_augmented(model: Any) -> Any:
     return ShiftAugmented(model)
 
 
-def build_models(params: MulticlassParams, handwritten: bool) -> dict[str, tuple[Any, int | None]]:
-    """Each enabled model with the number of training images it is fitted on (None = all)."""
-    return {
-        name: (build_model(name, entry, handwritten), getattr(entry, "max_train_samples", None))
-        for name, entry in params.models
-        if entry is not None
-    }
-
-
-def validation_split(labels: np.ndarray, params: MulticlassParams) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(labels: np.ndarray, params: MulticlassSharedParams) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training images the models learn from, and of those that choose among them (stratified)."""
     n_classes = len(np.unique(labels))
     n_validation = int(np.ceil(params.validation_size * len(labels)))
@@ -151,67 +142,44 @@ def input_width(model: Any, features: np.ndarray) -> int:
 
 
 def check_sizes(
-    params: MulticlassParams,
-    models: dict[str, tuple[Any, int | None]],
-    cv_labels: np.ndarray,
-    n_fit: int,
-    widths: dict[str, int],
+    name: str, entry: Any, shared: MulticlassSharedParams, cv_labels: np.ndarray, n_fit: int, width: int
 ) -> None:
-    """Every limit the data puts on the params, checked before the first model is fitted; `widths`: each model's
-    `input_width`."""
-    subset = "multiclass.cv_max_samples" if params.cv_max_samples is not None else None
-    check_folds("multiclass.cv_folds", params.cv_folds, cv_labels, subset)
-    fold_size = fold_train_size(len(cv_labels), params.cv_folds)
-    if params.models.knn is not None:
-        neighbours = params.models.knn.n_neighbors
-        check_at_most("multiclass.models.knn.n_neighbors", neighbours, fold_size, f"a CV fold trains on {fold_size}")
-    for name, (_, fit_size) in models.items():
-        entry = getattr(params.models, name)
-        if getattr(entry, "pca_components", None) is None:
-            continue
-        key = f"multiclass.models.{name}"
-        # PCA cannot keep more components than it has images, in a CV fold or in the final fit, or features.
-        components = entry.pca_components
-        width = widths[name]
-        check_at_most(f"{key}.pca_components", components, width, f"the model's input has {width} features")
-        check_at_most(f"{key}.pca_components", components, fold_size, f"a CV fold trains on {fold_size} images")
-        fitted_on = min(fit_size or n_fit, n_fit)
-        check_at_least(f"{key}.max_train_samples", fitted_on, components, f"{key}.pca_components = {components}")
+    """Every limit the data puts on the model's params, checked before it is fitted; `width`: its `input_width`."""
+    subset = "multiclass.cv_max_samples" if shared.cv_max_samples is not None else None
+    check_folds("multiclass.cv_folds", shared.cv_folds, cv_labels, subset)
+    fold_size = fold_train_size(len(cv_labels), shared.cv_folds)
+    key = f"multiclass.models.{name}"
+    if name == "knn":
+        check_at_most(f"{key}.n_neighbors", entry.n_neighbors, fold_size, f"a CV fold trains on {fold_size}")
+    components = getattr(entry, "pca_components", None)
+    if components is None:
+        return
+    # PCA cannot keep more components than it has images, in a CV fold or in the final fit, or features.
+    check_at_most(f"{key}.pca_components", components, width, f"the model's input has {width} features")
+    check_at_most(f"{key}.pca_components", components, fold_size, f"a CV fold trains on {fold_size} images")
+    fitted_on = min(entry.max_train_samples or n_fit, n_fit)
+    check_at_least(f"{key}.max_train_samples", fitted_on, components, f"{key}.pca_components = {components}")
 
 
 def memory_needs(
-    params: MulticlassParams,
-    models: dict[str, tuple[Any, int | None]],
-    features: np.ndarray,
-    widths: dict[str, int],
-    n_fit: int,
-    workers: int,
+    name: str, entry: Any, features: np.ndarray, width: int, rows: tuple[int, int, int], workers: int
 ) -> dict[str, int]:
-    """What the stage will hold at most, by what holds it (named by its params), in bytes: the pixels, each model's
+    """What the stage will hold at most, by what holds it (named by its params), in bytes: the pixels, the model's
     features computed once per image (the HOG SVC's), and the `workers` largest jobs at once, each holding about
     three copies of its training rows (the rows, a scaled or projected copy, the model's own) times five with
-    shifted copies."""
-    rows = len(features)
-    n_cv = min(params.cv_max_samples or n_fit, n_fit)
-    fold_rows = fold_train_size(n_cv, params.cv_folds)
+    shifted copies. `rows`: the images of the final fit and of a CV fold, and the number of folds."""
+    fit_rows, fold_rows, folds = rows
+    key = f"multiclass.models.{name}"
     needs = {"the pixels": 2 * features.nbytes}
-    jobs = []
-    for name, (_, fit_size) in models.items():
-        entry = getattr(params.models, name)
-        key = f"multiclass.models.{name}"
-        width = widths[name]
-        if name == "svc_hog":
-            hog = f"{key}.orientations, pixels_per_cell, cells_per_block ({width:,} features an image)"
-            needs[hog] = rows * width * 4
-        copies = 3 * (5 if entry.augment_shifts else 1)
-        fit_rows = min(fit_size or n_fit, n_fit)
-        what = f"{key}.augment_shifts" if entry.augment_shifts else key
-        jobs += [
-            (f"{what} (a fit)", copies * fit_rows * width * 4),
-            (f"{what} (a CV fold)", copies * fold_rows * width * 4),
-        ]
-    for what, size in sorted(jobs, key=lambda job: -job[1])[:workers]:
-        needs[what] = needs.get(what, 0) + size
+    if name == "svc_hog":
+        hog = f"{key}.orientations, pixels_per_cell, cells_per_block ({width:,} features an image)"
+        needs[hog] = len(features) * width * 4
+    copies = 3 * (5 if entry.augment_shifts else 1)
+    what = f"{key}.augment_shifts" if entry.augment_shifts else key
+    jobs = [(f"{what} (a fit)", copies * fit_rows * width * 4)]
+    jobs += [(f"{what} (a CV fold)", copies * fold_rows * width * 4)] * folds
+    for job, size in sorted(jobs, key=lambda job: -job[1])[:workers]:
+        needs[job] = needs.get(job, 0) + size
     return needs
 
 
@@ -232,11 +200,10 @@ def split_per_image_steps(model: Any) -> tuple[Pipeline | None, Any]:
     return Pipeline(steps[:n_per_image]), Pipeline(steps[n_per_image:])
 
 
-def fit_and_predict(name: str, model: Any, features: np.ndarray, labels: np.ndarray, images: np.ndarray) -> tuple:
-    """One job: a clone of `model` fitted on `features` and `labels`, and its predictions for `images`."""
+def fit(name: str, model: Any, features: np.ndarray, labels: np.ndarray) -> Any:
+    """One job: a clone of `model` fitted on `features` and `labels`."""
     with refused_by_estimator(f"multiclass.models.{name}"):
-        fitted = clone(model).fit(features, labels)
-        return fitted, fitted.predict(images)
+        return clone(model).fit(features, labels)
 
 
 def fit_and_predict_fold(
@@ -245,106 +212,107 @@ def fit_and_predict_fold(
     """One CV job, its predictions only: its rows are copied here, in the worker, and its fitted model is dropped
     when it returns, so a fold's memory lives only while it runs (measured with 100 folds of the KNN on shifted copies
     of the sample: 5.5 GiB at the peak when every fold's model was kept until all were done, 0.5 GiB now)."""
-    return fit_and_predict(name, model, inputs[train], labels[train], inputs[test])[1]
+    return fit(name, model, inputs[train], labels[train]).predict(inputs[test])
 
 
-def fit_everything(
-    models: dict[str, tuple[Any, int | None]],
-    fit_on: tuple[np.ndarray, np.ndarray],
-    validation_images: np.ndarray,
-    cv: tuple[int | None, StratifiedKFold],
-) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Every model's final fit with its validation predictions, and its cross-validated predictions.
+def fit_and_cross_validate(
+    name: str, model: Any, fit_size: int | None, fit_on: tuple[np.ndarray, np.ndarray], cv: tuple[int | None, Any]
+) -> tuple[Any, np.ndarray]:
+    """The model fitted on the first `fit_size` of `fit_on`'s images (None = all), and its cross-validated
+    predictions for the first `cv_max_samples` of them, `cv` being (cv_max_samples, the folds).
 
-    The final fits and the CV folds of all models are independent jobs for the workers, the final fits first: they
-    are the longest. The CV predictions are assembled fold by fold, as `cross_val_predict` does. Each model's
-    per-image steps run first, once, on its training and validation images; the saved model carries them.
+    The final fit and the CV folds are independent jobs for the workers, the final fit first: it is the longest. The
+    CV predictions are assembled fold by fold, as `cross_val_predict` does. The model's per-image steps run first,
+    once, on the images the final fit or the folds use; the saved model carries them.
     """
-    fit_features, fit_labels = fit_on
+    features, labels = fit_on
     cv_max_samples, folds = cv
-    (cv_labels,) = first_n(cv_max_samples, fit_labels)
+    (cv_labels,) = first_n(cv_max_samples, labels)
     fold_indices = list(folds.split(np.zeros((len(cv_labels), 1)), cv_labels))
-    per_image: dict[str, Pipeline] = {}
-    finals: list[Job] = []
-    fold_jobs: list[Job] = []
-    for name, (model, fit_size) in models.items():
-        steps, rest = split_per_image_steps(model)
-        inputs, validation_inputs = fit_features, validation_images
-        if steps is not None:
-            # Only the rows the final fit or the CV folds use.
-            (inputs,) = first_n(None if None in (fit_size, cv_max_samples) else max(fit_size, cv_max_samples), inputs)
-            log(f"{name}: {', '.join(steps.named_steps)} of {len(inputs) + len(validation_images)} images, once")
-            per_image[name] = steps = clone(steps)
-            with refused_by_estimator(f"multiclass.models.{name}"):
-                inputs, validation_inputs = steps.fit_transform(inputs), steps.transform(validation_images)
-        final_features, final_labels = first_n(fit_size, inputs, fit_labels)
-        finals.append(
-            (f"{name}: final fit", fit_and_predict, (name, rest, final_features, final_labels, validation_inputs))
-        )
-        (cv_inputs,) = first_n(cv_max_samples, inputs)
-        fold_jobs += [
-            (f"{name}: CV fold {i}", fit_and_predict_fold, (name, rest, cv_inputs, cv_labels, *fold))
-            for i, fold in enumerate(fold_indices, start=1)
-        ]
-    log(f"{len(finals)} final fits and {len(fold_jobs)} CV folds")
-    results = run_jobs(finals + fold_jobs)
-    final_results, fold_results = results[: len(finals)], iter(results[len(finals) :])
-    fitted = {
-        name: Pipeline(per_image[name].steps + model.steps) if name in per_image else model
-        for name, (model, _) in zip(models, final_results, strict=True)
-    }
-    validation = {name: predicted for name, (_, predicted) in zip(models, final_results, strict=True)}
-    cv_predictions = {}
-    for name in models:
-        predicted = np.empty_like(cv_labels)
-        for _, test in fold_indices:
-            predicted[test] = next(fold_results)
-        cv_predictions[name] = predicted
-    return fitted, validation, cv_predictions
+    steps, rest = split_per_image_steps(model)
+    inputs = features
+    if steps is not None:
+        # Only the rows the final fit or the CV folds use.
+        (inputs,) = first_n(None if None in (fit_size, cv_max_samples) else max(fit_size, cv_max_samples), inputs)
+        log(f"{name}: {', '.join(steps.named_steps)} of {len(inputs)} images, once")
+        steps = clone(steps)
+        with refused_by_estimator(f"multiclass.models.{name}"):
+            inputs = steps.fit_transform(inputs)
+    final_inputs, final_labels = first_n(fit_size, inputs, labels)
+    (cv_inputs,) = first_n(cv_max_samples, inputs)
+    jobs: list[Job] = [
+        (f"{name}: final fit on {len(final_labels)} images", fit, (name, rest, final_inputs, final_labels))
+    ]
+    jobs += [
+        (f"{name}: CV fold {i}", fit_and_predict_fold, (name, rest, cv_inputs, cv_labels, *fold))
+        for i, fold in enumerate(fold_indices, start=1)
+    ]
+    fitted, *fold_results = run_jobs(jobs)
+    predicted = np.empty_like(cv_labels)
+    for (_, test), fold_predicted in zip(fold_indices, fold_results, strict=True):
+        predicted[test] = fold_predicted
+    return (fitted if steps is None else Pipeline(steps.steps + fitted.steps)), predicted
 
 
-def main() -> None:
-    params = load_params("multiclass", MulticlassParams)
+def load_entry(name: str) -> Any:
+    """The params of `multiclass.models.<name>`, the model this stage trains."""
+    key = f"multiclass.models.{name}"
+    if name not in MulticlassModels.model_fields:
+        raise UserError(f"params.yaml: {key}: unknown model (allowed: {', '.join(MulticlassModels.model_fields)})")
+    entry = load_params(f"multiclass.models.{name}", MulticlassModels.model_fields[name].annotation)
+    if entry is None:
+        raise UserError(f"params.yaml: {key} is empty: give the model's params, or delete the entry to skip it")
+    return entry
+
+
+def main(model: str) -> None:
+    name = model
+    entry = load_entry(name)
+    shared = load_keys("multiclass", MulticlassSharedParams)
     images, labels = load_split("train")
     features = to_features(images)
-    learn, choose = validation_split(labels, params)
+    learn, choose = validation_split(labels, shared)
     fit_features, fit_labels = features[learn], labels[learn]
-    cv_rows, cv_labels = first_n(params.cv_max_samples, learn, fit_labels)
+    cv_rows, cv_labels = first_n(shared.cv_max_samples, learn, fit_labels)
     info = load_dataset_info(SPLIT_DIR)
-    if params.models.svc_hog is not None and params.models.svc_hog.deskew == "auto":
+    if name == "svc_hog" and entry.deskew == "auto":
         kind = "handwriting" if info.handwritten else "not handwriting"
         log(f"svc_hog: deskew auto: {'on' if info.handwritten else 'off'} ({info.name}'s images are {kind})")
-    models = build_models(params, info.handwritten)
-    widths = {name: input_width(model, features) for name, (model, _) in models.items()}
-    check_sizes(params, models, cv_labels, len(fit_labels), widths)
+    estimator = build_model(name, entry, info.handwritten)
+    fit_size = getattr(entry, "max_train_samples", None)
+    width = input_width(estimator, features)
+    check_sizes(name, entry, shared, cv_labels, len(fit_labels), width)
+    test_features = to_features(load_split_images("test"))  # the images only: no training stage reads a test label
     limit = memory_limit(os.environ.get(LIMIT_VARIABLE))
-    check_memory(memory_needs(params, models, features, widths, len(fit_labels), workers_at_once()), limit)
-    folds = StratifiedKFold(n_splits=params.cv_folds)
-    log(f"{len(fit_labels)} training images to learn from, {len(choose)} to choose the best model")
+    n_fit = min(fit_size or len(fit_labels), len(fit_labels))
+    rows = (n_fit, fold_train_size(len(cv_labels), shared.cv_folds), shared.cv_folds)
+    check_memory(memory_needs(name, entry, features, width, rows, workers_at_once()), limit)
+    log(f"{name}: learns from {n_fit} of {len(fit_labels)} training images; {len(choose)} choose the best model")
 
-    fitted, validation, cv_predictions = fit_everything(
-        models, (fit_features, fit_labels), features[choose], (params.cv_max_samples, folds)
+    folds = StratifiedKFold(n_splits=shared.cv_folds)
+    fitted, cv_predicted = fit_and_cross_validate(
+        name, estimator, fit_size, (fit_features, fit_labels), (shared.cv_max_samples, folds)
     )
-    metrics = {
-        name: {
-            "cv": {"accuracy": rounded(accuracy_score(cv_labels, cv_predictions[name]))},
-            "validation": {"accuracy": rounded(accuracy_score(labels[choose], validation[name]))},
-        }
-        for name in models
-    }
-    for name, scores in metrics.items():
-        log(f"{name}: CV accuracy {scores['cv']['accuracy']:.4f}, validation {scores['validation']['accuracy']:.4f}")
-    best = best_model({name: metrics[name]["validation"]["accuracy"] for name in metrics})
+    answers = map_pieces(
+        f"{name}: validation and test images", fitted.predict, np.concatenate([features[choose], test_features])
+    )
+    validation_predicted, test_predicted = answers[: len(choose)], answers[len(choose) :]
+    cv, validation = accuracy(cv_labels, cv_predicted), accuracy(labels[choose], validation_predicted)
+    log(f"{name}: CV accuracy {cv:.4f}, validation {validation:.4f}")
 
-    # Outputs only once every model is fitted: a refused param leaves nothing behind.
-    for name, model in fitted.items():
-        save_model(MODELS_DIR / "multiclass" / f"{name}.skops", model)
-    write_manifest(Manifest(models=list(fitted), chosen=best, validation_images=len(choose)))
-    write_json(METRICS_DIR / "multiclass_cv.json", {"multiclass": metrics})
-    # The data behind the report's error analysis: which training image each CV prediction is for.
-    write_csv(MULTICLASS_CV_FILE, {"image": cv_rows, "truth": cv_labels, **cv_predictions})
-    log(f"best by validation accuracy: {best}")
+    # Outputs only once the model is fitted and has answered: a refused param leaves nothing behind.
+    save_model(MODELS_DIR / "multiclass" / f"{name}.skops", fitted)
+    save_arrays(
+        ANSWERS_DIR / "multiclass" / name,
+        {
+            "cv_images": cv_rows,  # which training images were cross-validated, and what the model said of each
+            "cv_predictions": cv_predicted,
+            "validation_images": choose,
+            "validation_predictions": validation_predicted,
+            "test_predictions": test_predicted,
+        },
+    )
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    run_stage(main, __doc__, arguments={"model": "the entry of multiclass.models to train (svc_hog, knn, ...)"})

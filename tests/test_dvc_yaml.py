@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+import mnist_dvc.schema as schema_module
 from conftest import ROOT
 
 STAGES_DIR = ROOT / "stages"
 PACKAGE = "mnist_dvc"
-PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+# Each stage's definition; a `foreach` stage's is its `do:` template (`${key}` naming the item).
+PIPELINE = {
+    name: entry.get("do", entry) for name, entry in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()
+}
 
 
 def module_file(name: str) -> Path:
@@ -52,9 +56,21 @@ def calls(stage: str, function: str) -> list[ast.Call]:
     ]
 
 
+def key_of(node: ast.expr) -> str:
+    """A key as dvc.yaml writes it: `f"multiclass.models.{name}"` is `multiclass.models.${key}` in a foreach stage."""
+    if isinstance(node, ast.JoinedStr):
+        return "".join(part.value if isinstance(part, ast.Constant) else "${key}" for part in node.values)
+    return node.value
+
+
 def keys_read(stage: str) -> set[str]:
-    """The params keys the stage's script loads with load_params: a section (`binary`) or one value."""
-    return {call.args[0].value for call in calls(stage, "load_params")}
+    """The params keys the stage's script loads: with load_params a section (`binary`) or one value, with load_keys
+    the keys of a section that a schema names."""
+    keys = {key_of(call.args[0]) for call in calls(stage, "load_params")}
+    for call in calls(stage, "load_keys"):
+        schema = getattr(schema_module, call.args[1].id)
+        keys |= {f"{key_of(call.args[0])}.{field}" for field in schema.model_fields}
+    return keys
 
 
 @pytest.mark.parametrize("stage", list(PIPELINE))

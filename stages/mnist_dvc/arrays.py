@@ -36,6 +36,12 @@ def save_array(path: Path, array: np.ndarray) -> None:
         np.save(out, array, allow_pickle=False)
 
 
+def save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Each array as `<folder>/<name>.npy`."""
+    for name, array in arrays.items():
+        save_array(folder / f"{name}.npy", array)
+
+
 def load_array(path: Path, dtype: type, ndim: int) -> np.ndarray:
     """Load a .npy file written by a stage, checking it is what the pipeline expects."""
     record_input(path)
@@ -67,16 +73,21 @@ def load_class_names(folder: Path = SPLIT_DIR) -> list[str]:
     return load_dataset_info(folder).class_names
 
 
+def load_images(path: Path) -> np.ndarray:
+    """Images (n, 28, 28) uint8 from a .npy file a stage wrote."""
+    images = load_array(path, np.uint8, 3)
+    if images.shape[1:] != (SIDE, SIDE) or len(images) == 0:
+        raise UserError(
+            f"{display_path(path)}: expected images of {SIDE}x{SIDE} pixels, got an array of shape {images.shape}"
+        )
+    return images
+
+
 def load_labelled_images(folder: Path, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Images (n, 28, 28) uint8 and labels (n,) uint8 from `<prefix>images.npy` and `<prefix>labels.npy`."""
     images_path, labels_path = folder / f"{prefix}images.npy", folder / f"{prefix}labels.npy"
-    images, labels = load_array(images_path, np.uint8, 3), load_array(labels_path, np.uint8, 1)
+    images, labels = load_images(images_path), load_array(labels_path, np.uint8, 1)
     n_classes = len(load_class_names(folder))
-    if images.shape[1:] != (SIDE, SIDE) or len(images) == 0:
-        raise UserError(
-            f"{display_path(images_path)}: expected images of {SIDE}x{SIDE} pixels, got an array of shape "
-            f"{images.shape}"
-        )
     if len(images) != len(labels):
         raise UserError(
             f"{display_path(labels_path)}: {len(labels)} labels for the {len(images)} images of {images_path.name}"
@@ -92,6 +103,11 @@ def load_labelled_images(folder: Path, prefix: str = "") -> tuple[np.ndarray, np
 def load_split(part: str) -> tuple[np.ndarray, np.ndarray]:
     """The 'train' or 'test' part written by the split stage."""
     return load_labelled_images(SPLIT_DIR, f"{part}_")
+
+
+def load_split_images(part: str) -> np.ndarray:
+    """The images alone of the 'train' or 'test' part: what a training stage reads of the test set."""
+    return load_images(SPLIT_DIR / f"{part}_images.npy")
 
 
 def to_features(images: np.ndarray, dtype: type = np.float32) -> np.ndarray:

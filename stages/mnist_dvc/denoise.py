@@ -9,13 +9,22 @@ from mnist_dvc.arrays import SIDE
 TRAIN_STREAM, TEST_STREAM = 0, 1  # one seed, two independent noise streams
 
 
-def noisy_pixels(images: np.ndarray, amplitude: int, seed: int, stream: int) -> np.ndarray:
-    """(n, 784) float32 pixels of the images plus noise, as in the chapter: an integer in [0, amplitude) per pixel,
-    on the 0..255 scale, then divided by 255 like every other feature (so values run up to (255 + amplitude) / 255).
-    """
+def noisy_sums(images: np.ndarray, amplitude: int, seed: int, stream: int) -> np.ndarray:
+    """(n, 784) pixels of the images plus noise, as in the chapter: an integer in [0, amplitude) per pixel, on the
+    0..255 scale (so values run up to 255 + amplitude - 1)."""
     rng = np.random.default_rng([seed, stream])
     noise = rng.integers(0, amplitude, size=(len(images), SIDE * SIDE), dtype=np.int16)
-    return (images.reshape(len(images), -1).astype(np.int16) + noise).astype(np.float32) / np.float32(255)
+    return images.reshape(len(images), -1).astype(np.int16) + noise
+
+
+def as_features(sums: np.ndarray) -> np.ndarray:
+    """Noisy pixels as the denoiser takes them: divided by 255 like every other feature, in float32."""
+    return sums.astype(np.float32) / np.float32(255)
+
+
+def noisy_pixels(images: np.ndarray, amplitude: int, seed: int, stream: int) -> np.ndarray:
+    """`noisy_sums` as features."""
+    return as_features(noisy_sums(images, amplitude, seed, stream))
 
 
 def clean_targets(images: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The multiclass models' manifest: which models `train_multiclass` trained, the one it chose on the validation
-images, and how many images chose it. `evaluate` scores the models it names, `report` presents the chosen one."""
+"""The multiclass models' manifest: which models `evaluate` scored, the one it chose on the validation images, and
+how many images chose it. `report` presents the models it names and the chosen one."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mnist_dvc.schema import MulticlassModels
 
 
 class Manifest(BaseModel):
-    """`data/models/multiclass/manifest.json`."""
+    """`data/evaluation/manifest.json`."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -30,7 +30,7 @@ class Manifest(BaseModel):
 
 
 def read_manifest() -> Manifest:
-    return read_json_model(MANIFEST_FILE, Manifest, "not what train_multiclass writes")
+    return read_json_model(MANIFEST_FILE, Manifest, "not what evaluate writes")
 
 
 def write_manifest(manifest: Manifest) -> None:

@@ -79,6 +79,10 @@ def positive_scores(model: Any, features: np.ndarray) -> np.ndarray:
 CHEAPEST_FIRST = ("sgd", "forest", "knn", "svc_ovo", "svc_hog", "svc_ovr")
 
 
+def accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return rounded(accuracy_score(truth, predicted))
+
+
 def best_model(accuracy: dict[str, float]) -> str:
     """The multiclass model with the highest validation accuracy; on a tie, the cheaper one."""
     return max(accuracy, key=lambda name: (accuracy[name], -CHEAPEST_FIRST.index(name)))

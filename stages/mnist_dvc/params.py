@@ -16,6 +16,7 @@ from mnist_dvc.paths import PARAMS_FILE, display_path
 from mnist_dvc.schema import AllParams
 
 Value = TypeVar("Value")
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def _walk(schema: Any, loc: tuple[Any, ...]) -> tuple[list[str], list[str]]:
@@ -115,6 +116,18 @@ def load_params(key: str, schema: type[Value], params_file: Path = PARAMS_FILE) 
     `dvc.yaml` declares the same keys for the stage, so a stage depends on exactly the params it reads.
     """
     return validated(read_key(read_params_file(params_file), key), key, schema, params_file)
+
+
+def load_keys(section: str, schema: type[Model], params_file: Path = PARAMS_FILE) -> Model:
+    """The keys of `section` that `schema`'s fields name, validated together; the section's other keys are not read.
+
+    A stage that reads only some keys of a section (each multiclass model's stage: the shared `multiclass.*` keys,
+    not the other models) declares each `section.key` in `dvc.yaml`, so a change to another key reruns nothing.
+    """
+    node = read_key(read_params_file(params_file), section)
+    if not isinstance(node, dict):
+        raise UserError(f"{display_path(params_file)}: '{section}' should be a mapping of keys")
+    return validated({key: node[key] for key in schema.model_fields if key in node}, section, schema, params_file)
 
 
 def load_all_params(params_file: Path = PARAMS_FILE) -> AllParams:

@@ -12,9 +12,12 @@ PARAMS_FILE = ROOT / "params.yaml"
 RAW_DIR = ROOT / "data" / "raw"
 SPLIT_DIR = ROOT / "data" / "split"
 MODELS_DIR = ROOT / "data" / "models"
-# The multiclass models trained, the one chosen on the validation images, and how many images chose it.
-MANIFEST_FILE = MODELS_DIR / "multiclass" / "manifest.json"
+# What each training stage's models answered for images they did not learn from (cross-validated, validation and test
+# images), as arrays: `evaluate` turns them into metrics and the committed files of reports/.
+ANSWERS_DIR = ROOT / "data" / "answers"
 EVALUATION_DIR = ROOT / "data" / "evaluation"  # what `evaluate` hands to `report` that is not a report itself
+# The multiclass models evaluated, the one chosen on the validation images, and how many images chose it.
+MANIFEST_FILE = EVALUATION_DIR / "manifest.json"
 DENOISED_FILE = EVALUATION_DIR / "denoised_examples.npy"  # the first test images, noisy and cleaned
 REPORTS_DIR = ROOT / "reports"
 PREDICTIONS_DIR = REPORTS_DIR / "predictions"  # every model's answer for every test image: tools/compare.py reads them

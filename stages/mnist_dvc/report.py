@@ -150,8 +150,11 @@ def multiclass_section(
         "The chosen model has the best validation accuracy (a tie goes to the cheaper model); the test set plays "
         "no part in the choice.",
         table(pd.DataFrame(rows).T.set_index("model")),
-        "### Per class, on the test set",
     ]
+    skipped = [MulticlassModels.describe(name) for name in MulticlassModels.model_fields if name not in predictions]
+    if skipped:
+        parts.append(f"Not run (no entry in params.yaml's `multiclass.models`): {', '.join(skipped)}.")
+    parts.append("### Per class, on the test set")
     names = {name: MulticlassModels.describe(name) for name in predictions}
     for metric in ("precision", "recall", "F1"):
         parts += [f"{metric}:", table(per_class[metric].rename(columns=names).map(number))]

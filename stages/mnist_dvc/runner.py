@@ -35,8 +35,13 @@ def refused_by_estimator(key: str) -> Iterator[None]:
         raise UserError(f"params.yaml: {key}: scikit-learn refused it ({reason})") from error
 
 
-def run_stage(main: Callable[[], None], description: str, parallel: bool = True) -> None:
+def run_stage(
+    main: Callable[..., None], description: str, parallel: bool = True, arguments: dict[str, str] | None = None
+) -> None:
     """Entry point of every stage: `--help`, then `main()` under the numeric profile, on the stage's workers.
+
+    `arguments`: the stage's positional arguments (name -> help), passed to `main` by name: a `foreach` stage of
+    `dvc.yaml` names its item on the command line.
 
     The profile was applied when the stage imported `numeric_profile`, before numpy loaded; here, with every library
     loaded, the stage says in one line if it is not in force. BLAS and OpenMP keep one thread in this process and so
@@ -44,7 +49,10 @@ def run_stage(main: Callable[[], None], description: str, parallel: bool = True)
     connects to a cluster. A user error ends the stage with one line and exit code 1 (and, with
     `MNIST_DVC_DEBUG=1`, the traceback behind it first); any other exception is a bug and shows its traceback.
     """
-    argparse.ArgumentParser(description=description).parse_args()
+    parser = argparse.ArgumentParser(description=description)
+    for name, help_text in (arguments or {}).items():
+        parser.add_argument(name, help=help_text)
+    options = vars(parser.parse_args())
     watch_inputs()
     try:
         if numeric_profile.STATUS.error:
@@ -53,7 +61,7 @@ def run_stage(main: Callable[[], None], description: str, parallel: bool = True)
             for line in numeric_profile.report(numeric_profile.STATUS):
                 log(line)
             with stage_workers() if parallel else parallel_config(backend="sequential"):
-                main()
+                main(**options)
             check_inputs_unchanged()  # after the last write too
     except UserError as error:
         if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):

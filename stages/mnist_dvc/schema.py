@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_SEED = 2**32 - 1  # numpy's and scikit-learn's random_state accept 0 .. 2**32 - 1
 
@@ -117,6 +117,8 @@ class MulticlassKNNParams(KNNParams, Augmentable):
 
 
 class MulticlassModels(Params):
+    """`multiclass.models`: each entry a model that runs, as a stage of its own (`train_multiclass@<name>`)."""
+
     svc_hog: HogSVCParams | None = Field(default=None, description="HOG + pixels, PCA, SVC")
     svc_ovo: SVCParams | None = Field(default=None, description="SVC (one-vs-one)")
     svc_ovr: SVCParams | None = Field(default=None, description="one-vs-rest SVC")
@@ -124,24 +126,32 @@ class MulticlassModels(Params):
     forest: MulticlassForestParams | None = Field(default=None, description="random forest")
     sgd: MulticlassSGDParams | None = Field(default=None, description="SGD (one-vs-rest)")
 
+    @model_validator(mode="after")
+    def at_least_one(self) -> MulticlassModels:
+        if not self.names():
+            raise ValueError(f"enable at least one model of: {', '.join(MulticlassModels.model_fields)}")
+        return self
+
+    def names(self) -> list[str]:
+        """The models that run, in the order above (the committed params.yaml's)."""
+        return [name for name, entry in self if entry is not None]
+
     @staticmethod
     def describe(name: str) -> str:
         return MulticlassModels.model_fields[name].description or name
 
 
-class MulticlassParams(Params):
+class MulticlassSharedParams(Params):
+    """The `multiclass` keys every model's stage reads: the CV folds and subset, and the validation split."""
+
     cv_folds: Folds
     cv_max_samples: SampleCount | None = None
     validation_size: float = Field(gt=0, le=0.5, description="share of the training images that chooses the model")
     validation_seed: Seed
-    models: MulticlassModels
 
-    @field_validator("models")
-    @classmethod
-    def at_least_one(cls, models: MulticlassModels) -> MulticlassModels:
-        if not models.model_dump(exclude_none=True):
-            raise ValueError(f"enable at least one model of: {', '.join(MulticlassModels.model_fields)}")
-        return models
+
+class MulticlassParams(MulticlassSharedParams):
+    models: MulticlassModels
 
 
 class DenoiseParams(Params):
