@@ -197,7 +197,10 @@ def build_all(section: str, params):
     if section == "binary":
         return list(train_binary.build_models(params).values())
     if section == "multiclass":
-        return [model for model, _ in train_multiclass.build_models(params, handwritten=True).values()]
+        return [
+            train_multiclass.build_model(name, getattr(params.models, name), handwritten=True)
+            for name in params.models.names()
+        ]
     return [train_multilabel.build_model(params.knn)]
 
 

@@ -13,11 +13,18 @@ import yaml
 
 from conftest import ROOT, run
 from mnist_dvc.datasets import DIGITS, FASHION
+from mnist_dvc.schema import MulticlassModels
 
 pytestmark = pytest.mark.slow
 
 ALL_MODELS = {"svc_hog", "svc_ovo", "svc_ovr", "knn", "forest", "sgd"}
-STAGES = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate", "report"]
+SCRIPTS = ["split", "train_binary", "train_multiclass", "train_multilabel", "evaluate", "report"]
+# As `dvc repro` runs them: `train_multiclass@<model>` is the script given the model's name.
+STAGES = [
+    item
+    for script in SCRIPTS
+    for item in ([f"{script}@{name}" for name in MulticlassModels.model_fields] if script == "train_multiclass" else [script])
+]
 FIGURES = {
     "data": ["class_counts", "first_100_images", "first_image"],
     "binary": ["cv_precision_recall_vs_threshold", "cv_precision_vs_recall", "cv_roc"],
@@ -51,8 +58,10 @@ def make_workspace(
     return destination
 
 
-def run_stage(workspace: Path, stage: str, check: bool = True):
-    return run([sys.executable, f"stages/{stage}.py"], workspace, check=check)
+def run_stage(workspace: Path, stage: str, check: bool = True, **env: str):
+    """`stage` as DVC names it: `train_multiclass@knn` runs `stages/train_multiclass.py knn`."""
+    script, *item = stage.split("@")
+    return run([sys.executable, f"stages/{script}.py", *item], workspace, check=check, **env)
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +88,13 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def declared_outputs(stage: str) -> list[str]:
-    entry = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]
+    """The outs of `stage`, a `foreach` item's with its key in place of `${key}`."""
+    script, *item = stage.split("@")
+    entry = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][script]
+    entry = entry.get("do", entry)
     items = [*entry.get("outs", []), *entry.get("metrics", []), *entry.get("plots", [])]
-    return [next(iter(item)) if isinstance(item, dict) else item for item in items]
+    paths = [next(iter(item)) if isinstance(item, dict) else item for item in items]
+    return [path.replace("${key}", item[0]) if item else path for path in paths]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -98,7 +111,7 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("stage", ["download", *STAGES])
+@pytest.mark.parametrize("stage", ["download", *SCRIPTS])
 def test_every_stage_has_help(stage):
     result = run([sys.executable, f"stages/{stage}.py", "--help"], ROOT)
     assert result.stdout.startswith("usage:") and "Stage `" in result.stdout
@@ -134,11 +147,23 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
     assert scores[0] == "truth,sgd,forest" and len(scores) == 481  # every training image, scored out of sample
 
 
-def test_train_multiclass_cross_validates_every_model(workspace):
+def test_each_multiclass_stage_writes_its_model_and_its_answers(workspace):
+    models = workspace / "data/models/multiclass"
+    assert sorted(path.name for path in models.iterdir()) == sorted(f"{name}.skops" for name in ALL_MODELS)
+    for name in ALL_MODELS:
+        folder = workspace / "data/answers/multiclass" / name
+        cv_images, validation_images = (np.load(folder / f"{part}_images.npy") for part in ("cv", "validation"))
+        assert len(cv_images) == 432 and len(validation_images) == 48 and not set(cv_images) & set(validation_images)
+        for part, size in (("cv", 432), ("validation", 48), ("test", 120)):
+            predictions = np.load(folder / f"{part}_predictions.npy")
+            assert predictions.shape == (size,) and predictions.dtype == np.uint8 and predictions.max() <= 9
+
+
+def test_evaluate_chooses_the_multiclass_model_by_validation_accuracy(workspace):
     metrics = read_json(workspace / "reports/metrics/multiclass_cv.json")["multiclass"]
     assert set(metrics) == ALL_MODELS
     assert all(0 < m["validation"]["accuracy"] <= 1 for m in metrics.values())
-    manifest = read_json(workspace / "data/models/multiclass/manifest.json")
+    manifest = read_json(workspace / "data/evaluation/manifest.json")
     assert set(manifest["models"]) == ALL_MODELS and manifest["validation_images"] == 48
     chosen = manifest["chosen"]
     assert metrics[chosen]["validation"]["accuracy"] == max(m["validation"]["accuracy"] for m in metrics.values())
@@ -206,14 +231,15 @@ def test_truncated_data_file_is_named(workspace, tmp_path):
     assert "Traceback" not in result.stderr and not (root / "reports").exists()
 
 
-def tamper_knn(root: Path) -> None:
-    from test_models import tamper
-
-    tamper(root / "data/models/multilabel/knn.skops", "builtins", "eval")
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
 
 
-def swap_in_the_binary_sgd(root: Path) -> None:
-    shutil.copy(root / "data/models/binary/sgd.skops", root / "data/models/multilabel/knn.skops")
+def drop_model(root: Path, name: str) -> None:
+    """`name` deleted from params.yaml after its stage ran: DVC leaves what that stage wrote in place."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    del params["multiclass"]["models"][name]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def edit_json(path: Path, edit) -> None:
@@ -232,36 +258,32 @@ def without_class(root: Path, part: str, digit: int = 5) -> None:
     ("damage", "expected"),
     [
         (
-            tamper_knn,
-            "data/models/multilabel/knn.skops: refused to load, the file names untrusted types: builtins.eval",
-        ),
-        (swap_in_the_binary_sgd, "knn.skops: holds a FixedThresholdClassifier, expected a KNeighborsClassifier"),
-        (
-            lambda root: edit_json(root / "data/models/multiclass/manifest.json", lambda m: m.update(chosen="xgboost")),
-            "data/models/multiclass/manifest.json: not what train_multiclass writes (the file: Value error, 'chosen' "
-            "should name one of the models, got 'xgboost'; run `dvc repro`)",
+            lambda root: truncate(root / "data/answers/multiclass/knn/test_predictions.npy"),
+            "data/answers/multiclass/knn/test_predictions.npy: not a valid .npy array file, corrupt or truncated",
         ),
         (
-            lambda root: edit_json(root / "data/models/multiclass/manifest.json", lambda m: m.update(models=["xgb"])),
-            "manifest.json: not what train_multiclass writes (the file: Value error, unknown models ['xgb']",
+            lambda root: np.save(root / "data/answers/binary/sgd_scores.npy", np.zeros(119)),
+            "data/answers/binary/sgd_scores.npy: expected 120 answers, got (119,) (run `dvc repro`)",
         ),
         (
-            lambda root: edit_json(root / "data/models/multiclass/manifest.json", lambda m: m.pop("validation_images")),
-            "manifest.json: not what train_multiclass writes (validation_images: Field required",
+            lambda root: np.save(root / "data/answers/multiclass/knn/cv_images.npy", np.arange(432) + 1),
+            "data/answers/multiclass: the models' cv_images differ: some stage ran with other multiclass.* params",
+        ),
+        (
+            lambda root: np.save(root / "data/answers/multiclass/sgd/validation_images.npy", np.arange(470, 518)),
+            "data/answers/multiclass/sgd/validation_images.npy: image numbers out of range",
+        ),
+        (
+            lambda root: drop_model(root, "forest"),
+            "data/answers/multiclass: answers of forest, no longer in params.yaml's multiclass.models: delete what "
+            "that model's stage left (`rm -r data/answers/multiclass/forest data/models/multiclass/forest.skops`)",
         ),
         (
             lambda root: without_class(root, "test"),
             "binary.digit = 5: none of the 120 test images are '5'",
         ),
     ],
-    ids=[
-        "untrusted-type",
-        "wrong-model-kind",
-        "unknown-choice",
-        "unknown-model",
-        "manifest-incomplete",
-        "no-5s",
-    ],
+    ids=["truncated", "too-few-answers", "other-cv-images", "out-of-range", "leftover-model", "no-5s"],
 )
 def test_bad_input_stops_evaluate_before_it_writes_anything(workspace, tmp_path, damage, expected):
     root = fresh_copy(workspace, tmp_path / "ws")
@@ -296,6 +318,19 @@ def misspell_a_section(root: Path) -> None:
     [
         (misspell_a_section, "multiclas: unknown key (allowed: data, split, binary, multiclass, multilabel)"),
         (
+            lambda root: edit_json(root / "data/evaluation/manifest.json", lambda m: m.update(chosen="xgboost")),
+            "data/evaluation/manifest.json: not what evaluate writes (the file: Value error, 'chosen' "
+            "should name one of the models, got 'xgboost'; run `dvc repro`)",
+        ),
+        (
+            lambda root: edit_json(root / "data/evaluation/manifest.json", lambda m: m.update(models=["xgb"])),
+            "manifest.json: not what evaluate writes (the file: Value error, unknown models ['xgb']",
+        ),
+        (
+            lambda root: edit_json(root / "data/evaluation/manifest.json", lambda m: m.pop("validation_images")),
+            "manifest.json: not what evaluate writes (validation_images: Field required",
+        ),
+        (
             lambda root: (root / "reports/metrics/multiclass_cv.json").write_text('{"cv": {}}'),
             "reports/metrics/multiclass_cv.json: missing key 'multiclass' (run `dvc repro` to rewrite it)",
         ),
@@ -324,6 +359,9 @@ def misspell_a_section(root: Path) -> None:
     ],
     ids=[
         "misspelled-section",
+        "unknown-choice",
+        "unknown-model",
+        "manifest-incomplete",
         "metrics-of-another-task",
         "scores-missing",
         "predictions-garbled",
@@ -360,9 +398,13 @@ def set_param(root: Path, value: object, *keys: str) -> None:
             [(("binary", "cv_folds"), 100)],
             "binary.cv_folds = 100, but the rarest class has 48 images among the training images: use at most 48",
         ),
-        ("train_multiclass", [(("multiclass", "cv_folds"), 50)], "multiclass.cv_folds = 50, but the rarest class has"),
         (
-            "train_multiclass",
+            "train_multiclass@knn",
+            [(("multiclass", "cv_folds"), 50)],
+            "multiclass.cv_folds = 50, but the rarest class has",
+        ),
+        (
+            "train_multiclass@forest",
             [(("multiclass", "cv_max_samples"), 10)],
             "among the 10 images it cross-validates on (set by multiclass.cv_max_samples): use at most 1 folds, "
             "or raise multiclass.cv_max_samples",
@@ -378,12 +420,12 @@ def set_param(root: Path, value: object, *keys: str) -> None:
             "multilabel.cv_folds = 20, but it cross-validates on 10 images (multilabel.cv_max_samples): use at most 10",
         ),
         (
-            "train_multiclass",
+            "train_multiclass@svc_ovo",
             [(("multiclass", "models", "svc_ovo", "pca_components"), 700)],
             "multiclass.models.svc_ovo.pca_components = 700, but a CV fold trains on 288 images",
         ),
         (
-            "train_multiclass",
+            "train_multiclass@svc_ovr",
             [(("multiclass", "models", "svc_ovr", "max_train_samples"), 20)],
             "multiclass.models.svc_ovr.max_train_samples = 20, but multiclass.models.svc_ovr.pca_components = 50: "
             "use at least 50",
@@ -417,6 +459,34 @@ def test_params_too_large_for_the_data_name_the_key(workspace, tmp_path, stage, 
     assert not (root / "reports").exists() and not (root / "data/models").exists()
 
 
+@pytest.mark.parametrize(
+    ("model", "edit", "expected"),
+    [
+        ("xgboost", None, "params.yaml: multiclass.models.xgboost: unknown model (allowed: svc_hog, svc_ovo, svc_ovr,"),
+        ("forest", "delete", "params.yaml: 'multiclass.models.forest' is missing"),
+        ("forest", "empty", "params.yaml: multiclass.models.forest is empty: give the model's params, or delete"),
+    ],
+    ids=["unknown", "deleted", "empty"],
+)
+def test_a_multiclass_stage_for_a_model_params_do_not_describe_is_refused(workspace, tmp_path, model, edit, expected):
+    root = fresh_copy(workspace, tmp_path / "ws")
+    shutil.rmtree(root / "data/models")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    if edit == "delete":
+        del params["multiclass"]["models"][model]
+    elif edit == "empty":
+        params["multiclass"]["models"][model] = None
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run_stage(root, f"train_multiclass@{model}", check=False)
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (root / "data/models").exists()
+
+
+def test_the_multiclass_stage_needs_a_model_name(workspace):
+    result = run([sys.executable, "stages/train_multiclass.py"], workspace, check=False)
+    assert result.returncode == 2 and "the following arguments are required: model" in result.stderr
+
+
 def test_a_bug_in_the_pipelines_own_code_keeps_its_traceback(workspace, tmp_path):
     """A broken helper (HOG given a wrong shape) is not reported as the user's param."""
     root = fresh_copy(workspace, tmp_path / "ws")
@@ -429,7 +499,7 @@ def test_a_bug_in_the_pipelines_own_code_keeps_its_traceback(workspace, tmp_path
     )
     assert broken != code
     features.write_text(broken)
-    result = run_stage(root, "train_multiclass", check=False)
+    result = run_stage(root, "train_multiclass@svc_hog", check=False)
     assert result.returncode != 0 and "Traceback (most recent call last)" in result.stderr
     assert result.stderr.splitlines()[-1].startswith("IndexError: too many indices")  # the bug itself, not a message
 
@@ -448,7 +518,7 @@ def test_params_that_would_need_more_memory_than_allowed_are_refused_naming_them
     shutil.rmtree(root / "data/models")
     for key, value in (("orientations", 36), ("pixels_per_cell", 2), ("cells_per_block", 7)):
         set_param(root, value, "multiclass", "models", "svc_hog", key)
-    result = run([sys.executable, "stages/train_multiclass.py"], root, check=False, MNIST_DVC_MEMORY_LIMIT="500M")
+    result = run_stage(root, "train_multiclass@svc_hog", check=False, MNIST_DVC_MEMORY_LIMIT="500M")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     error = result.stderr.splitlines()[-1]
     assert error.startswith("error: these params would need about ") and "more than the 0.5 GB allowed" in error
@@ -474,7 +544,7 @@ def test_class_names_other_than_digits_reach_every_report(tmp_path, sample):
     root = make_workspace(tmp_path, *sample, class_names=FASHION)
     logs = {stage: run_stage(root, stage).stderr for stage in STAGES}
     assert "'is it a Sandal?'" in logs["train_binary"]
-    assert "svc_hog: deskew auto: off (tiny's images are not handwriting)" in logs["train_multiclass"]
+    assert "svc_hog: deskew auto: off (tiny's images are not handwriting)" in logs["train_multiclass@svc_hog"]
     overview = read_json(root / "reports/data_overview.json")
     assert list(overview["class_counts"]["test"]) == list(FASHION)
     confusion = (root / "reports/plots/multiclass_test_confusion.csv").read_text().splitlines()

@@ -16,6 +16,14 @@ from mnist_dvc.messages import UserError
 from mnist_dvc.schema import BinaryParams, MulticlassModels, MulticlassParams, SplitParams
 
 
+def multiclass_models(params: MulticlassParams, handwritten: bool = True) -> dict:
+    """Every model `params` names, as its stage `train_multiclass@<name>` builds it."""
+    return {
+        name: train_multiclass.build_model(name, getattr(params.models, name), handwritten)
+        for name in params.models.names()
+    }
+
+
 def test_canonical_split_keeps_the_order_and_the_boundary():
     images, labels = np.arange(10 * 4).reshape(10, 2, 2), np.arange(10)
     _, test_images, train_labels, test_labels = split.split_dataset(
@@ -97,10 +105,10 @@ def test_every_multiclass_model_learns_the_digits(sample):
     images, labels = sample
     params = MulticlassParams.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"])
     features = images.reshape(len(images), -1).astype(np.float32) / 255
-    models = train_multiclass.build_models(params, handwritten=True)
+    models = multiclass_models(params)
     assert list(models) == list(MulticlassModels.model_fields)
     accuracy = {}
-    for name, (model, _) in models.items():
+    for name, model in models.items():
         accuracy[name] = (model.fit(features[:500], labels[:500]).predict(features[500:]) == labels[500:]).mean()
         assert accuracy[name] > 0.75, name
     assert max(accuracy, key=accuracy.get) == "svc_hog"  # the engineered features win even on 500 digits
@@ -112,8 +120,8 @@ def test_shift_augmentation_wraps_any_model_that_asks_for_it():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
     for name in ("knn", "forest"):
         raw["models"][name]["augment_shifts"] = True
-    models = train_multiclass.build_models(MulticlassParams.model_validate(raw), handwritten=True)
-    wrapped = {name for name, (model, _) in models.items() if isinstance(model, ShiftAugmented)}
+    models = multiclass_models(MulticlassParams.model_validate(raw))
+    wrapped = {name for name, model in models.items() if isinstance(model, ShiftAugmented)}
     assert wrapped == {"knn", "forest"}
 
 
@@ -160,9 +168,9 @@ def test_input_width_counts_the_features_the_first_learning_step_gets():
 
 
 @pytest.mark.parametrize("max_train_samples", [None, 350])
-def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tmp_path, max_train_samples):
-    """svc_hog's deskew and HOG run once per image, yet the saved model, its validation predictions and its CV
-    predictions are those of the whole pipeline fitted on each set, byte for byte."""
+def test_fitting_with_per_image_steps_once_gives_what_fitting_the_whole_model_gives(sample, tmp_path, max_train_samples):
+    """svc_hog's deskew and HOG run once per image, yet the saved model and its CV predictions are those of the whole
+    pipeline fitted on each set, byte for byte; the KNN, without such steps, is fitted as it is."""
     from sklearn.base import clone
     from sklearn.model_selection import cross_val_predict
 
@@ -173,18 +181,19 @@ def test_fitting_everything_gives_what_fitting_each_whole_model_gives(sample, tm
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
     svc_hog = raw["models"]["svc_hog"] | {"pca_components": 20, "max_train_samples": max_train_samples}
     raw["models"] = {"svc_hog": svc_hog, "knn": raw["models"]["knn"]}
-    models = train_multiclass.build_models(MulticlassParams.model_validate(raw), handwritten=True)
-    fit_on, validation = (features[:400], labels[:400]), features[400:500]
+    params = MulticlassParams.model_validate(raw)
+    fit_on = (features[:400], labels[:400])
     folds = StratifiedKFold(n_splits=3)
-    fitted, predicted, cv_predicted = train_multiclass.fit_everything(models, fit_on, validation, (300, folds))
-    for name, (model, fit_size) in models.items():
+    for name, model in multiclass_models(params).items():
+        fit_size = getattr(getattr(params.models, name), "max_train_samples", None)
+        fitted, cv_predicted = train_multiclass.fit_and_cross_validate(name, model, fit_size, fit_on, (300, folds))
         whole = clone(model).fit(fit_on[0][:fit_size], fit_on[1][:fit_size])
-        save_model(tmp_path / "everything.skops", fitted[name])
+        save_model(tmp_path / "once.skops", fitted)
         save_model(tmp_path / "whole.skops", whole)
-        assert (tmp_path / "everything.skops").read_bytes() == (tmp_path / "whole.skops").read_bytes(), name
-        np.testing.assert_array_equal(predicted[name], whole.predict(validation))
+        assert (tmp_path / "once.skops").read_bytes() == (tmp_path / "whole.skops").read_bytes(), name
+        np.testing.assert_array_equal(fitted.predict(features[400:]), whole.predict(features[400:]))
         cv_whole = cross_val_predict(clone(model), features[:300], labels[:300], cv=folds)
-        np.testing.assert_array_equal(cv_predicted[name], cv_whole)
+        np.testing.assert_array_equal(cv_predicted, cv_whole)
 
 
 def test_most_confused_pair_counts_both_directions():
@@ -238,7 +247,9 @@ def test_the_threshold_carried_by_the_deployed_sgd_is_applied_to_the_test_scores
     threshold = float(np.quantile(scores, 0.8))
     deployed = FixedThresholdClassifier(FrozenEstimator(sgd), threshold=threshold, response_method="decision_function")
     deployed.fit(features, target)
-    test = evaluate.evaluate_binary({"sgd": evaluate.binary_outputs(deployed, features)}, target, 0.9)["sgd"]["test"]
+    # What train_binary writes for the deployed SGD: its scores, its answers at 0, and its answers at the threshold.
+    answers = {"sgd": (scores, scores > 0)}
+    test = evaluate.evaluate_binary(answers, deployed.predict(features), target, 0.9)["sgd"]["test"]
     chosen = scores >= threshold
     assert test["precision_at_cv_threshold"] == round(float(target[chosen].mean()), 6)
     assert test["recall_at_cv_threshold"] == round(float(chosen[target].mean()), 6)
@@ -258,8 +269,8 @@ def test_deskewing_follows_the_dataset_unless_set():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
     assert raw["models"]["svc_hog"]["deskew"] == "auto"
     for handwritten in (True, False):
-        models = train_multiclass.build_models(MulticlassParams.model_validate(raw), handwritten=handwritten)
-        assert models["svc_hog"][0].named_steps["deskew"].enabled is handwritten
+        models = multiclass_models(MulticlassParams.model_validate(raw), handwritten=handwritten)
+        assert models["svc_hog"].named_steps["deskew"].enabled is handwritten
 
 
 @pytest.mark.parametrize(
@@ -284,10 +295,10 @@ def test_shifted_copies_come_after_deskewing_and_change_what_the_model_learns(sa
     svc_hog = {**raw["models"]["svc_hog"], "deskew": True, "pca_components": 20}
     plain = MulticlassParams.model_validate({**raw, "models": {"svc_hog": svc_hog}})
     shifted = MulticlassParams.model_validate({**raw, "models": {"svc_hog": {**svc_hog, "augment_shifts": True}}})
-    (model, _) = train_multiclass.build_models(shifted, handwritten=True)["svc_hog"]
+    model = multiclass_models(shifted)["svc_hog"]
     assert list(model.named_steps) == ["deskew", "shifted"]  # deskewed images are shifted, not the other way round
     predictions = {}
     for name, params in (("plain", plain), ("shifted", shifted)):
-        (model, _) = train_multiclass.build_models(params, handwritten=True)["svc_hog"]
+        model = multiclass_models(params)["svc_hog"]
         predictions[name] = model.fit(features[:300], labels[:300]).predict(features[300:])
     assert (predictions["plain"] != predictions["shifted"]).any()  # the copies teach it something
