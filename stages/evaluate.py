@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from mnist_dvc.paths import (
     ANSWERS_DIR,
     DENOISED_FILE,
     METRICS_DIR,
+    MODELS_DIR,
     MULTICLASS_CV_FILE,
     PLOTS_DIR,
     PREDICTIONS_DIR,
@@ -104,21 +106,24 @@ def read_multilabel_answers(n_test: int) -> tuple[np.ndarray, np.ndarray, np.nda
     )
 
 
-def check_no_leftovers(folder: Path, names: list[str]) -> None:
-    """Refuse answers of a model no longer in params.yaml: DVC leaves a removed stage's outputs in place, and this
-    stage would record them as inputs, so its dvc.lock would differ from a fresh clone's."""
-    left = sorted(path.name for path in folder.glob("*/") if path.name not in names)
-    if left:
-        paths = " ".join(f"{display_path(folder / name)} data/models/multiclass/{name}.skops" for name in left)
-        raise UserError(
-            f"{display_path(folder)}: answers of {', '.join(left)}, no longer in params.yaml's multiclass.models: "
-            f"delete what that model's stage left (`rm -r {paths}`) and rerun"
+def remove_stale_models(names: list[str]) -> None:
+    """Delete what the stage of a model no longer in params.yaml left: DVC keeps a removed stage's outputs in place,
+    and this stage's dependency on the answers' folder would then record them, so its dvc.lock would differ from a
+    fresh clone's. Nothing is lost: the files stay in DVC's cache, and the run-cache restores them if the entry
+    comes back with the same params."""
+    folder = ANSWERS_DIR / "multiclass"
+    for answers in sorted(path for path in folder.glob("*/") if path.name not in names):
+        model = MODELS_DIR / "multiclass" / f"{answers.name}.skops"
+        log(
+            f"{answers.name}: no longer in params.yaml's multiclass.models: removing {display_path(answers)}/ and "
+            f"{display_path(model)}"
         )
+        shutil.rmtree(answers)
+        model.unlink(missing_ok=True)
 
 
 def read_multiclass_answers(names: list[str], n_train: int, n_test: int) -> MulticlassAnswers:
     """Every multiclass model's answers, checked to be for the same training images as the others'."""
-    check_no_leftovers(ANSWERS_DIR / "multiclass", names)
     parts: dict[str, dict[str, np.ndarray]] = {
         part: {} for part in ("cv_images", "cv", "validation_images", "validation")
     }
@@ -248,6 +253,7 @@ def main() -> None:
     check_both_classes(target, digit, class_names[digit], "test")
     binary_answers = read_binary_answers(len(labels))
     multilabel, noisy, cleaned = read_multilabel_answers(len(labels))
+    remove_stale_models(names)
     answers = read_multiclass_answers(names, len(train_labels), len(labels))
     log(f"scoring the answers of {len(BINARY_MODELS)} binary, {len(names)} multiclass and 2 multilabel models")
 

@@ -168,7 +168,9 @@ def test_input_width_counts_the_features_the_first_learning_step_gets():
 
 
 @pytest.mark.parametrize("max_train_samples", [None, 350])
-def test_fitting_with_per_image_steps_once_gives_what_fitting_the_whole_model_gives(sample, tmp_path, max_train_samples):
+def test_fitting_with_per_image_steps_once_gives_what_fitting_the_whole_model_gives(
+    sample, tmp_path, max_train_samples
+):
     """svc_hog's deskew and HOG run once per image, yet the saved model and its CV predictions are those of the whole
     pipeline fitted on each set, byte for byte; the KNN, without such steps, is fitted as it is."""
     from sklearn.base import clone
