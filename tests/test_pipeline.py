@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -21,6 +22,7 @@ from conftest import ROOT, copy_repo, dvc, ran_stages, run, run_until, tool_env
 from mnist_dvc.models import read_model
 
 pytestmark = pytest.mark.slow
+LOCK = (ROOT / "dvc.lock").read_text()
 
 
 def lock_hashes(lock: dict) -> dict[str, str]:
@@ -207,13 +209,53 @@ def test_a_change_to_a_figure_or_the_report_retrains_and_rescores_nothing(scratc
     assert run(["git", "status", "--porcelain", "reports"], scratch).stdout == ""  # the same figures and page
 
 
-def test_more_cv_folds_retrain_but_rescore_nothing(scratch):
-    """The final fits do not depend on the folds, so the models come out the same and `evaluate` is skipped."""
+MULTICLASS_STAGES = [f"train_multiclass@{name}" for name in ("svc_hog", "svc_ovo", "svc_ovr", "knn", "forest", "sgd")]
+
+
+def test_more_cv_folds_change_the_cv_metrics_and_no_model(scratch):
+    """The final fits do not depend on the folds: every model and test answer comes out the same, only the
+    cross-validated metrics move."""
     params = scratch / "params.yaml"
     params.write_text(
         params.read_text().replace("  cv_folds: 3\n  cv_max_samples: 5000", "  cv_folds: 4\n  cv_max_samples: 5000")
     )
-    assert ran_stages(dvc(["repro"], scratch).stdout) == ["train_multiclass", "report"]
+    assert ran_stages(dvc(["repro"], scratch).stdout) == [*MULTICLASS_STAGES, "evaluate", "report"]
+    changed = run(["git", "status", "--porcelain"], scratch).stdout.split()[1::2]
+    assert "reports/metrics/multiclass_cv.json" in changed and "reports/metrics/test.json" not in changed
+    lock, committed = (yaml.safe_load(text)["stages"] for text in ((scratch / "dvc.lock").read_text(), LOCK))
+    for stage in MULTICLASS_STAGES:
+        model = next(out for out in lock[stage]["outs"] if out["path"].endswith(".skops"))
+        assert model in committed[stage]["outs"], stage
+
+
+def test_an_experiment_on_one_model_trains_and_scores_that_model_only(scratch):
+    """A change to the KNN's param reruns its stage and the cheap ones after it; setting it back restores the KNN
+    from DVC's run-cache without training it, and the workspace is the committed one again."""
+    result = dvc(["exp", "run", "-S", "multiclass.models.knn.n_neighbors=3"], scratch)
+    assert ran_stages(result.stdout) == ["train_multiclass@knn", "evaluate", "report"]
+    result = dvc(["exp", "run", "-S", "multiclass.models.knn.n_neighbors=4"], scratch)
+    assert ran_stages(result.stdout) == []
+    assert "Stage 'train_multiclass@knn' is cached - skipping run, checking out outputs" in result.stdout
+    assert (scratch / "dvc.lock").read_text() == LOCK
+    assert run(["git", "status", "--porcelain"], scratch).stdout == ""
+
+
+def test_a_model_deleted_from_params_is_skipped_and_the_report_says_so(scratch):
+    params = yaml.safe_load((scratch / "params.yaml").read_text())
+    del params["multiclass"]["models"]["forest"]
+    (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(dvc(["repro"], scratch).stdout) == ["evaluate", "report"]
+    assert set(json.loads((scratch / "reports/metrics/test.json").read_text())["multiclass"]) == {
+        "svc_hog",
+        "svc_ovo",
+        "svc_ovr",
+        "knn",
+        "sgd",
+    }
+    report = (scratch / "reports/report.md").read_text()
+    assert "Not run (no entry in params.yaml's `multiclass.models`): Random forest" in report
+    assert not (scratch / "data/answers/multiclass/forest").exists()
+    assert dvc(["status"], scratch).stdout.strip() == "Data and pipelines are up to date."
 
 
 def test_branches_with_different_params_give_a_metrics_diff(scratch):
@@ -253,9 +295,9 @@ def test_a_grid_sweep_through_the_queue_runs_every_experiment_with_its_own_metri
 
 def test_a_stage_killed_midway_recovers_to_the_clean_lock(scratch):
     clean = (scratch / "dvc.lock").read_text()
-    models = scratch / "data/models/multiclass"
+    models, answers = scratch / "data/models/multiclass", scratch / "data/answers/multiclass/svc_hog"
     process = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "-f", "-s", "train_multiclass"],
+        [sys.executable, "-m", "dvc", "repro", "-f", "-s", "train_multiclass@svc_hog"],
         cwd=scratch,
         env=tool_env(),
         start_new_session=True,
@@ -265,19 +307,21 @@ def test_a_stage_killed_midway_recovers_to_the_clean_lock(scratch):
     deadline = time.monotonic() + 120
 
     def midway() -> bool:
-        """DVC has cleared the old outputs; the stage is writing its models (it saves them once all are fitted)."""
-        return any(models.glob("*.skops")) and not (models / "manifest.json").exists()
+        """DVC has cleared the old outputs; the stage is writing them (its model first, once fitted, then answers)."""
+        return (models / "svc_hog.skops").exists() and not (answers / "test_predictions.npy").exists()
 
+    while time.monotonic() < deadline and (models / "svc_hog.skops").exists():
+        time.sleep(0.001)  # DVC removes the old model before the stage starts
     while time.monotonic() < deadline and not midway():
-        time.sleep(0.005)
+        time.sleep(0.001)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (models / "manifest.json").exists()
-    for model in models.glob("*.skops"):
-        read_model(model)  # whatever carries an output's name is complete
+    read_model(models / "svc_hog.skops")  # whatever carries an output's name is complete
+    for written in answers.glob("*.npy"):
+        np.load(written)
 
     result = dvc(["repro"], scratch)
-    assert "train_multiclass" in ran_stages(result.stdout)
+    assert "train_multiclass@svc_hog" in ran_stages(result.stdout)
     assert (scratch / "dvc.lock").read_text() == clean
     assert run(["git", "status", "--porcelain"], scratch).stdout == ""
 
