@@ -274,7 +274,7 @@ def run_once(args: argparse.Namespace, workspace: Path) -> Run:
             results.append(result)
             print(f"{stage}: {result.seconds:.1f} s", file=sys.stderr, flush=True)
     metrics = json.loads((repo / "reports" / "metrics" / "test.json").read_text())
-    chosen = json.loads((repo / "data" / "models" / "multiclass" / "manifest.json").read_text())["chosen"]
+    chosen = json.loads((repo / "data" / "evaluation" / "manifest.json").read_text())["chosen"]
     return Run(results, metrics, chosen, outputs_of(repo))
 
 
