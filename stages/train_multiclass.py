@@ -259,14 +259,13 @@ def load_entry(name: str) -> Any:
     key = f"multiclass.models.{name}"
     if name not in MulticlassModels.model_fields:
         raise UserError(f"params.yaml: {key}: unknown model (allowed: {', '.join(MulticlassModels.model_fields)})")
-    entry = load_params(f"multiclass.models.{name}", MulticlassModels.model_fields[name].annotation)
+    entry = load_params(key, MulticlassModels.model_fields[name].annotation)
     if entry is None:
         raise UserError(f"params.yaml: {key} is empty: give the model's params, or delete the entry to skip it")
     return entry
 
 
-def main(model: str) -> None:
-    name = model
+def main(name: str) -> None:
     entry = load_entry(name)
     shared = load_keys("multiclass", MulticlassSharedParams)
     images, labels = load_split("train")
@@ -315,4 +314,4 @@ def main(model: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, arguments={"model": "the entry of multiclass.models to train (svc_hog, knn, ...)"})
+    run_stage(main, __doc__, arguments={"name": "the entry of multiclass.models to train (svc_hog, knn, ...)"})

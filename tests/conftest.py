@@ -76,12 +76,19 @@ def copy_repo(destination: Path) -> Path:
 
 
 def run_until(
-    command: list[str], cwd: Path, marker: str, timeout: float = 300, **extra: str | None
+    command: list[str], cwd: Path, marker: str, timeout: float = 300, new_session: bool = False, **extra: str | None
 ) -> subprocess.Popen:
     """Start `command`, and return it running once a line of its output (stdout and stderr, through a pipe the
-    caller reads on) contains `marker`; fail the test if the marker never comes."""
+    caller reads on) contains `marker`; fail the test if the marker never comes. `new_session`: in a process group
+    of its own, which `os.killpg(process.pid, ...)` stops with its children."""
     process = subprocess.Popen(
-        command, cwd=cwd, env=tool_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=cwd,
+        env=tool_env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
     )
     deadline, seen = time.monotonic() + timeout, []
     for line in process.stdout:
