@@ -259,7 +259,8 @@ def load_entry(name: str) -> Any:
     key = f"multiclass.models.{name}"
     if name not in MulticlassModels.model_fields:
         raise UserError(f"params.yaml: {key}: unknown model (allowed: {', '.join(MulticlassModels.model_fields)})")
-    entry = load_params(key, MulticlassModels.model_fields[name].annotation)
+    # The key spelled out in the call: test_dvc_yaml reads it there to check the stage's params in dvc.yaml.
+    entry = load_params(f"multiclass.models.{name}", MulticlassModels.model_fields[name].annotation)
     if entry is None:
         raise UserError(f"params.yaml: {key} is empty: give the model's params, or delete the entry to skip it")
     return entry
