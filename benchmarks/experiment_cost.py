@@ -50,11 +50,11 @@ def git(args: list[str], cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def clone(rev: str, dataset: str, mirrors: list[str], where: Path) -> Path:
-    """`rev` of this repository checked out in `where`, its params.yaml set to `dataset` and committed."""
+def clone(commit: str, dataset: str, mirrors: list[str], where: Path) -> Path:
+    """`commit` of this repository checked out in `where`, its params.yaml set to `dataset` and committed."""
     repo = where / "repo"
     git(["clone", "-q", "--no-checkout", str(ROOT), str(repo)], where)
-    git(["checkout", "-q", git(["rev-parse", rev], ROOT).strip()], repo)
+    git(["checkout", "-q", commit], repo)
     yaml = YAML()  # round trip, YAML 1.2 as DVC reads it: the file keeps its comments
     params_file = repo / "params.yaml"
     params = yaml.load(params_file)
@@ -77,10 +77,10 @@ def timed(name: str, args: list[str], repo: Path, env: dict[str, str], log: Path
     return Step(name, seconds, ran)
 
 
-def run_once(rev: str, args: argparse.Namespace, workspace: Path) -> list[Step]:
-    """The full run, then each experiment, in a fresh clone of `rev` under `workspace`."""
+def run_once(commit: str, args: argparse.Namespace, workspace: Path) -> list[Step]:
+    """The full run, then each experiment, in a fresh clone of `commit` under `workspace`."""
     mirrors = [mirror if "://" in mirror else str(Path(mirror).resolve()) for mirror in args.mirror]
-    repo = clone(rev, args.dataset, mirrors, workspace)
+    repo = clone(commit, args.dataset, mirrors, workspace)
     env = {**os.environ, "MNIST_DVC_CACHE": str(workspace / "download-cache")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` in dvc.yaml's commands is this one
     steps = [timed("full dvc repro", ["repro"], repo, env, workspace / "full.log")]
@@ -114,43 +114,45 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="runs per revision, alternating (medians are reported)")
     parser.add_argument("--markdown", type=Path, help="also write the results as a Markdown page there")
     args = parser.parse_args()
-    revs = args.rev or ["HEAD"]
-    for rev in revs:
+    commits = {}
+    for rev in args.rev or ["HEAD"]:
         found = subprocess.run(
-            ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"],
-            cwd=ROOT,
-            check=False,
-            stdout=subprocess.DEVNULL,
+            ["git", "rev-parse", "--verify", "-q", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True, text=True
         )
         if found.returncode != 0:
             parser.error(f"--rev {rev}: not a commit of this repository")
+        commits[rev] = found.stdout.strip()  # resolved once: every run of HEAD measures the same commit
     if args.runs < 1:
         parser.error(f"--runs {args.runs}: expected at least 1")
 
-    results: dict[str, list[list[Step]]] = {rev: [] for rev in revs}
+    command = "python benchmarks/experiment_cost.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    results: dict[str, list[list[Step]]] = {rev: [] for rev in commits}
     for number in range(args.runs):
-        for rev in revs:
-            print(f"run {number + 1} of {rev}", file=sys.stderr, flush=True)
+        for rev, commit in commits.items():
+            print(f"run {number + 1} of {rev} ({commit[:7]})", file=sys.stderr, flush=True)
             workspace = Path(tempfile.mkdtemp(prefix="mnist-dvc-exp-cost-"))
             try:
-                results[rev].append(run_once(rev, args, workspace))
+                results[rev].append(run_once(commit, args, workspace))
             finally:
                 shutil.rmtree(workspace)
-    command = "python benchmarks/experiment_cost.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+        if args.markdown is not None:  # after every round: a run cut short keeps the rounds it finished
+            args.markdown.write_text(page(command, args.dataset, commits, results))
+    print(page(command, args.dataset, commits, results))
+
+
+def page(command: str, dataset: str, commits: dict[str, str], results: dict[str, list[list[Step]]]) -> str:
+    runs = min(len(runs) for runs in results.values())
     lines = [
-        f"# What an experiment costs, {args.dataset}, {args.runs} run{'s' if args.runs > 1 else ''} per revision",
+        f"# What an experiment costs, {dataset}, {runs} run{'s' if runs > 1 else ''} per revision",
         "",
-        f"`{command}` on {os.cpu_count()} CPUs.",
+        f"`{command}` on {os.cpu_count()} CPUs; {runs} run{'s' if runs > 1 else ''} of each revision done.",
         "",
         "| revision | step | seconds, median (each run) | of the full run (median) | stages run |",
         "|---|---|---|---|---|",
     ]
-    for rev in revs:
-        lines += table(rev, results[rev])
-    page = "\n".join(lines) + "\n"
-    print(page)
-    if args.markdown is not None:
-        args.markdown.write_text(page)
+    for rev, commit in commits.items():
+        lines += table(f"{rev} ({commit[:7]})" if rev != commit[:7] else rev, results[rev][:runs])
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
