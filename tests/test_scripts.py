@@ -497,7 +497,7 @@ def test_a_multiclass_stage_for_a_model_params_do_not_describe_is_refused(worksp
 
 def test_the_multiclass_stage_needs_a_model_name(workspace):
     result = run([sys.executable, "stages/train_multiclass.py"], workspace, check=False)
-    assert result.returncode == 2 and "the following arguments are required: model" in result.stderr
+    assert result.returncode == 2 and "the following arguments are required: name" in result.stderr
 
 
 def test_a_bug_in_the_pipelines_own_code_keeps_its_traceback(workspace, tmp_path):
