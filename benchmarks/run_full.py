@@ -40,7 +40,7 @@ from ruamel.yaml import YAML
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "stages")]
 from conftest import copy_repo, dask_cluster, tool_env  # noqa: E402  (the tests' way to make a repo copy, a cluster)
-from mnist_dvc.params import read_params_file  # noqa: E402  (params.yaml read as DVC reads it)
+from mnist_dvc.runtime.params import read_params_file  # noqa: E402  params.yaml read as DVC reads it
 
 SAMPLE_SECONDS = 0.1
 MIB = 1024 * 1024

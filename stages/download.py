@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+import mnist_dvc.runtime.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
 import os
 from pathlib import Path
 
-from mnist_dvc.arrays import DatasetInfo, save_array
-from mnist_dvc.datasets import DATASETS, DataParams, DataSource, verify
-from mnist_dvc.files import write_json
-from mnist_dvc.messages import log
-from mnist_dvc.params import load_params
-from mnist_dvc.paths import RAW_DIR, display_path, user_root
-from mnist_dvc.runner import run_stage
+from mnist_dvc.datasets.registry import DATASETS, DataParams, DataSource, verify
+from mnist_dvc.files.arrays import DatasetInfo, save_array
+from mnist_dvc.files.disk import write_json
+from mnist_dvc.files.paths import RAW_DIR, display_path, user_root
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.runtime.params import load_params
+from mnist_dvc.runtime.runner import run_stage
 
 
 def cache_dir() -> Path:
@@ -50,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, parallel=False)
+    run_stage(main, __doc__)

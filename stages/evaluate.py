@@ -10,7 +10,7 @@ curves, the confusion matrix and per-class metrics as data for `dvc plots`, and 
 
 from __future__ import annotations
 
-import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+import mnist_dvc.runtime.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
 import shutil
 from dataclasses import dataclass
@@ -20,13 +20,27 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
-from mnist_dvc.arrays import SIDE, load_array, load_class_names, load_split, save_array
-from mnist_dvc.curves import CURVE_MODELS, write_curves
-from mnist_dvc.denoise import as_features, mean_absolute_error
-from mnist_dvc.files import write_csv, write_json
-from mnist_dvc.manifest import Manifest, write_manifest
-from mnist_dvc.messages import UserError, log
-from mnist_dvc.metrics import (
+from mnist_dvc.files.arrays import load_array, load_class_names, load_split, save_array
+from mnist_dvc.files.curves import CURVE_MODELS, write_curves
+from mnist_dvc.files.disk import write_csv, write_json
+from mnist_dvc.files.manifest import Manifest, write_manifest
+from mnist_dvc.files.paths import (
+    ANSWERS_DIR,
+    DENOISED_FILE,
+    METRICS_DIR,
+    MODELS_DIR,
+    MULTICLASS_CV_FILE,
+    PLOTS_DIR,
+    PREDICTIONS_DIR,
+    display_path,
+)
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.runtime.params import check_at_most, load_params
+from mnist_dvc.runtime.runner import run_stage
+from mnist_dvc.study.denoise import as_features, mean_absolute_error
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.features import SIDE
+from mnist_dvc.study.metrics import (
     MULTILABEL_NAMES,
     THRESHOLDED_SGD,
     accuracy,
@@ -41,19 +55,7 @@ from mnist_dvc.metrics import (
     rounded,
     threshold_for_precision,
 )
-from mnist_dvc.params import check_at_most, load_params
-from mnist_dvc.paths import (
-    ANSWERS_DIR,
-    DENOISED_FILE,
-    METRICS_DIR,
-    MODELS_DIR,
-    MULTICLASS_CV_FILE,
-    PLOTS_DIR,
-    PREDICTIONS_DIR,
-    display_path,
-)
-from mnist_dvc.runner import run_stage
-from mnist_dvc.schema import ClassIndex, MulticlassModels, Probability
+from mnist_dvc.study.schema import ClassIndex, MulticlassModels, Probability
 
 BINARY_MODELS = ("sgd", "dummy", "forest")
 N_PIXELS = SIDE * SIDE
@@ -286,4 +288,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, parallel=False)
+    run_stage(main, __doc__)

@@ -7,7 +7,7 @@ It reads the whole of params.yaml (to print it, and so a misspelled section stop
 
 from __future__ import annotations
 
-import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+import mnist_dvc.runtime.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +16,22 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from mnist_dvc.arrays import SIDE, load_array, load_class_names, load_split
-from mnist_dvc.curves import CURVE_MODELS, point_at_threshold, read_curve
-from mnist_dvc.figures import (
+from mnist_dvc.files.arrays import load_array, load_class_names, load_split
+from mnist_dvc.files.curves import CURVE_MODELS, point_at_threshold, read_curve
+from mnist_dvc.files.disk import json_number, json_value, read_csv, read_json, write_bytes
+from mnist_dvc.files.manifest import Manifest, read_manifest
+from mnist_dvc.files.paths import (
+    BINARY_CV_SCORES_FILE,
+    DATA_OVERVIEW_FILE,
+    DENOISED_FILE,
+    FIGURES_DIR,
+    METRICS_DIR,
+    MULTICLASS_CV_FILE,
+    PREDICTIONS_DIR,
+    REPORT_FILE,
+    display_path,
+)
+from mnist_dvc.report.figures import (
     most_confused_pair,
     plot_class_counts,
     plot_confused_pair,
@@ -31,23 +44,7 @@ from mnist_dvc.figures import (
     plot_precision_recall_vs_threshold,
     save_figure,
 )
-from mnist_dvc.files import json_number, json_value, read_csv, read_json, write_bytes
-from mnist_dvc.manifest import Manifest, read_manifest
-from mnist_dvc.messages import UserError
-from mnist_dvc.metrics import THRESHOLDED_SGD, threshold_for_precision
-from mnist_dvc.params import check_at_most, load_all_params
-from mnist_dvc.paths import (
-    BINARY_CV_SCORES_FILE,
-    DATA_OVERVIEW_FILE,
-    DENOISED_FILE,
-    FIGURES_DIR,
-    METRICS_DIR,
-    MULTICLASS_CV_FILE,
-    PREDICTIONS_DIR,
-    REPORT_FILE,
-    display_path,
-)
-from mnist_dvc.report import (
+from mnist_dvc.report.markdown import (
     BINARY_NAMES,
     binary_section,
     data_section,
@@ -55,8 +52,12 @@ from mnist_dvc.report import (
     multilabel_section,
     render_report,
 )
-from mnist_dvc.runner import run_stage
-from mnist_dvc.schema import AllParams, MulticlassModels
+from mnist_dvc.runtime.params import check_at_most, load_all_params
+from mnist_dvc.runtime.runner import run_stage
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.features import SIDE
+from mnist_dvc.study.metrics import THRESHOLDED_SGD, threshold_for_precision
+from mnist_dvc.study.schema import AllParams, MulticlassModels
 
 Curves = dict[str, dict[str, np.ndarray]]  # (part, kind, model) as "cv/pr/sgd" -> the curve's columns
 
@@ -273,4 +274,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, parallel=False)
+    run_stage(main, __doc__)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+import mnist_dvc.runtime.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from mnist_dvc.arrays import load_dataset_info, load_labelled_images, save_array
-from mnist_dvc.files import write_json
-from mnist_dvc.messages import UserError, log
-from mnist_dvc.params import load_params
-from mnist_dvc.paths import DATA_OVERVIEW_FILE, RAW_DIR, SPLIT_DIR, display_path
-from mnist_dvc.runner import run_stage
-from mnist_dvc.schema import SplitParams
+from mnist_dvc.files.arrays import load_dataset_info, load_labelled_images, save_array
+from mnist_dvc.files.disk import write_json
+from mnist_dvc.files.paths import DATA_OVERVIEW_FILE, RAW_DIR, SPLIT_DIR, display_path
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.runtime.params import load_params
+from mnist_dvc.runtime.runner import run_stage
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.schema import SplitParams
 
 
 def split_dataset(
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, parallel=False)
+    run_stage(main, __doc__)

@@ -7,7 +7,7 @@ answers for the test images, which `evaluate` scores (their labels are never rea
 
 from __future__ import annotations
 
-import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+import mnist_dvc.runtime.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
 from typing import Any
 
@@ -19,11 +19,17 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, train_test_split
 
-from mnist_dvc.arrays import first_n, load_class_names, load_split, load_split_images, save_arrays, to_features
-from mnist_dvc.curves import write_curves
-from mnist_dvc.files import write_csv, write_json
-from mnist_dvc.messages import UserError, log
-from mnist_dvc.metrics import (
+from mnist_dvc.files.arrays import first_n, load_class_names, load_split, load_split_images, save_arrays, to_features
+from mnist_dvc.files.curves import write_curves
+from mnist_dvc.files.disk import write_csv, write_json
+from mnist_dvc.files.models import save_model
+from mnist_dvc.files.paths import ANSWERS_DIR, BINARY_CV_SCORES_FILE, METRICS_DIR, MODELS_DIR
+from mnist_dvc.parallel.workers import Job, run_jobs, stage_workers
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.runtime.params import check_at_most, check_folds, load_params
+from mnist_dvc.runtime.runner import refused_by_estimator, run_stage
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.metrics import (
     BINARY_FEATURES_DTYPE,
     THRESHOLDED_SGD,
     binary_metrics,
@@ -35,12 +41,7 @@ from mnist_dvc.metrics import (
     score_method,
     threshold_for_precision,
 )
-from mnist_dvc.models import save_model
-from mnist_dvc.params import check_at_most, check_folds, load_params
-from mnist_dvc.paths import ANSWERS_DIR, BINARY_CV_SCORES_FILE, METRICS_DIR, MODELS_DIR
-from mnist_dvc.runner import refused_by_estimator, run_stage
-from mnist_dvc.schema import BinaryParams
-from mnist_dvc.workers import Job, run_jobs
+from mnist_dvc.study.schema import BinaryParams
 
 
 def build_models(params: BinaryParams) -> dict[str, Any]:
@@ -257,4 +258,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    run_stage(main, __doc__, workers=stage_workers)

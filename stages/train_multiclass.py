@@ -9,7 +9,7 @@ the validation images that choose among the models, and for the test images (the
 
 from __future__ import annotations
 
-import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+import mnist_dvc.runtime.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
 import os
 from typing import Any
@@ -27,17 +27,24 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils import get_tags
 
-from mnist_dvc.arrays import first_n, load_dataset_info, load_split, load_split_images, save_arrays, to_features
-from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented
-from mnist_dvc.memory import LIMIT_VARIABLE, check_memory, memory_limit
-from mnist_dvc.messages import UserError, log
-from mnist_dvc.metrics import accuracy
-from mnist_dvc.models import save_model
-from mnist_dvc.params import check_at_least, check_at_most, check_folds, fold_train_size, load_keys, load_params
-from mnist_dvc.paths import ANSWERS_DIR, MODELS_DIR, SPLIT_DIR
-from mnist_dvc.runner import refused_by_estimator, run_stage
-from mnist_dvc.schema import HogSVCParams, MulticlassModels, MulticlassSGDParams, MulticlassSharedParams, SVCParams
-from mnist_dvc.workers import Job, map_pieces, run_jobs, workers_at_once
+from mnist_dvc.files.arrays import first_n, load_dataset_info, load_split, load_split_images, save_arrays, to_features
+from mnist_dvc.files.models import save_model
+from mnist_dvc.files.paths import ANSWERS_DIR, MODELS_DIR, SPLIT_DIR
+from mnist_dvc.parallel.workers import Job, map_pieces, map_rows, run_jobs, stage_workers, workers_at_once
+from mnist_dvc.runtime.memory import LIMIT_VARIABLE, check_memory, memory_limit
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.runtime.params import check_at_least, check_at_most, check_folds, fold_train_size, load_keys, load_params
+from mnist_dvc.runtime.runner import refused_by_estimator, run_stage
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.features import Deskew, HogFeatures, ShiftAugmented
+from mnist_dvc.study.metrics import accuracy
+from mnist_dvc.study.schema import (
+    HogSVCParams,
+    MulticlassModels,
+    MulticlassSGDParams,
+    MulticlassSharedParams,
+    SVCParams,
+)
 
 
 def pca(components: int | None, seed: int | None = None) -> list[tuple[str, Any]]:
@@ -235,9 +242,9 @@ def fit_and_cross_validate(
         # Only the rows the final fit or the CV folds use.
         (inputs,) = first_n(None if None in (fit_size, cv_max_samples) else max(fit_size, cv_max_samples), inputs)
         log(f"{name}: {', '.join(steps.named_steps)} of {len(inputs)} images, once")
-        steps = clone(steps)
         with refused_by_estimator(f"multiclass.models.{name}"):
-            inputs = steps.fit_transform(inputs)
+            steps = clone(steps).fit(inputs[:1])  # they learn nothing: one image sets what they check
+            inputs = map_rows(steps.transform, inputs)
     final_inputs, final_labels = first_n(fit_size, inputs, labels)
     (cv_inputs,) = first_n(cv_max_samples, inputs)
     jobs: list[Job] = [
@@ -315,4 +322,9 @@ def main(name: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__, arguments={"name": "the entry of multiclass.models to train (svc_hog, knn, ...)"})
+    run_stage(
+        main,
+        __doc__,
+        workers=stage_workers,
+        arguments={"name": "the entry of multiclass.models to train (svc_hog, knn, ...)"},
+    )

@@ -7,23 +7,23 @@ read here): the two labels of each, and each image with noise added and cleaned.
 
 from __future__ import annotations
 
-import mnist_dvc.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
+import mnist_dvc.runtime.numeric_profile  # noqa: F401  (first: it sets how numpy and scipy compute before they load)
 
 import numpy as np
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
-from mnist_dvc.arrays import first_n, load_split, load_split_images, save_arrays, to_features
-from mnist_dvc.denoise import TEST_STREAM, TRAIN_STREAM, as_features, clean_targets, noisy_pixels, noisy_sums
-from mnist_dvc.files import write_json
-from mnist_dvc.messages import log
-from mnist_dvc.metrics import multilabel_f1, multilabel_targets
-from mnist_dvc.models import save_model
-from mnist_dvc.params import check_at_most, fold_train_size, load_params
-from mnist_dvc.paths import ANSWERS_DIR, METRICS_DIR, MODELS_DIR
-from mnist_dvc.runner import refused_by_estimator, run_stage
-from mnist_dvc.schema import DenoiseParams, KNNParams, MultilabelParams
-from mnist_dvc.workers import run_jobs
+from mnist_dvc.files.arrays import first_n, load_split, load_split_images, save_arrays, to_features
+from mnist_dvc.files.disk import write_json
+from mnist_dvc.files.models import save_model
+from mnist_dvc.files.paths import ANSWERS_DIR, METRICS_DIR, MODELS_DIR
+from mnist_dvc.parallel.workers import run_jobs, stage_workers
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.runtime.params import check_at_most, fold_train_size, load_params
+from mnist_dvc.runtime.runner import refused_by_estimator, run_stage
+from mnist_dvc.study.denoise import TEST_STREAM, TRAIN_STREAM, as_features, clean_targets, noisy_pixels, noisy_sums
+from mnist_dvc.study.metrics import multilabel_f1, multilabel_targets
+from mnist_dvc.study.schema import DenoiseParams, KNNParams, MultilabelParams
 
 IMAGES_CLEANED_AT_ONCE = 250  # test images cleaned at once: about 400 MB
 
@@ -100,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, __doc__)
+    run_stage(main, __doc__, workers=stage_workers)

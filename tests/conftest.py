@@ -9,7 +9,7 @@ import os
 # puts its variables in: the commands the tests start get the user's, and each stage applies the profile itself.
 USER_ENVIRONMENT = dict(os.environ)
 
-import mnist_dvc.numeric_profile
+import mnist_dvc.runtime.numeric_profile
 
 import json
 import shutil
@@ -133,7 +133,7 @@ def scratch(reproduced, tmp_path) -> Path:
 
 
 # What a Dask worker needs to compute like a stage (numeric_profile.WORKER_ENVIRONMENT), as a mapping.
-PROFILE_ENVIRONMENT = dict(item.split("=") for item in mnist_dvc.numeric_profile.WORKER_ENVIRONMENT.split())
+PROFILE_ENVIRONMENT = dict(item.split("=") for item in mnist_dvc.runtime.numeric_profile.WORKER_ENVIRONMENT.split())
 
 
 @dataclass
@@ -227,7 +227,7 @@ def dask_cluster(folder: Path, workers: int = 2, nanny: bool = True, **worker_en
 @pytest.fixture(scope="session")
 def sample() -> tuple[np.ndarray, np.ndarray]:
     """600 real MNIST digits (60 per class) from the offline sample, shuffled."""
-    from mnist_dvc.datasets import DataSource, load_mnist_sample
+    from mnist_dvc.datasets.registry import DataSource, load_mnist_sample
 
     dataset = load_mnist_sample(DataSource(mirrors=(), cache_dir=Path("unused")))
     keep = np.random.default_rng(0).permutation(np.concatenate([np.arange(c * 500, c * 500 + 60) for c in range(10)]))

@@ -18,8 +18,8 @@ import yaml
 from sklearn.decomposition import PCA
 
 from conftest import ROOT, copy_repo, dask_cluster, dvc, free_port, run, run_until
-from mnist_dvc import cluster
-from mnist_dvc.cluster import SCHEDULER_VARIABLE, package_archive, refusal, with_aligned_arrays
+from mnist_dvc.parallel import cluster
+from mnist_dvc.parallel.cluster import SCHEDULER_VARIABLE, package_archive, refusal, with_aligned_arrays
 
 
 def misaligned(array: np.ndarray) -> np.ndarray:
@@ -37,12 +37,14 @@ def test_the_package_archive_is_named_after_its_content(tmp_path):
     assert (name, data) == package_archive()  # the same code, the same name and bytes
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         names = set(archive.namelist())
-    assert names == {f"mnist_dvc/{path.name}" for path in (ROOT / "stages/mnist_dvc").glob("*.py")}
+    package = ROOT / "stages/mnist_dvc"
+    modules = [path.relative_to(package).as_posix() for path in package.rglob("*.py")]
+    assert names == {f"mnist_dvc/{module}" for module in modules} and "mnist_dvc/files/paths.py" in names
     changed = tmp_path / "mnist_dvc"
-    changed.mkdir()
-    for path in (ROOT / "stages/mnist_dvc").glob("*.py"):
-        (changed / path.name).write_bytes(path.read_bytes())
-    (changed / "paths.py").write_text((changed / "paths.py").read_text() + "\n# another version\n")
+    for module in modules:
+        (changed / module).parent.mkdir(parents=True, exist_ok=True)
+        (changed / module).write_bytes((package / module).read_bytes())
+    (changed / "files/paths.py").write_text((changed / "files/paths.py").read_text() + "\n# another version\n")
     assert package_archive(changed)[0] != name
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import mnist_dvc.schema as schema_module
+import mnist_dvc.study.schema as schema_module
 from conftest import ROOT
 
 STAGES_DIR = ROOT / "stages"
@@ -36,7 +36,7 @@ def local_imports(module: Path) -> set[str]:
 
 
 def code_of(stage: str) -> set[str]:
-    """The stage's script, every package module it imports transitively, and the package's __init__."""
+    """The stage's script and the folders of the package's layers it imports, transitively."""
     seen: set[Path] = set()
     todo = [STAGES_DIR / f"{stage}.py"]
     while todo:
@@ -44,9 +44,8 @@ def code_of(stage: str) -> set[str]:
         if path not in seen:
             seen.add(path)
             todo.extend(module_file(name) for name in local_imports(path))
-    if len(seen) > 1:
-        seen.add(STAGES_DIR / PACKAGE / "__init__.py")
-    return {str(path.relative_to(ROOT)) for path in seen}
+    layers = {path.parent for path in seen if path.parent.parent == STAGES_DIR / PACKAGE}
+    return {str(path.relative_to(ROOT)) for path in {STAGES_DIR / f"{stage}.py", *layers}}
 
 
 def calls(stage: str, function: str) -> list[ast.Call]:
@@ -75,7 +74,7 @@ def keys_read(stage: str) -> set[str]:
 
 @pytest.mark.parametrize("stage", list(PIPELINE))
 def test_deps_list_exactly_the_code_the_stage_runs(stage):
-    declared = {dep for dep in PIPELINE[stage]["deps"] if dep.endswith(".py")}
+    declared = {dep for dep in PIPELINE[stage]["deps"] if dep.startswith("stages/")}
     assert declared == code_of(stage)
 
 
@@ -88,20 +87,19 @@ def test_params_list_exactly_the_keys_the_stage_reads(stage):
         assert set(declared) == keys_read(stage)
 
 
-def test_model_file_code_reruns_only_the_stages_that_save_models():
-    """`evaluate` scores the answers the training stages wrote: it loads no model file."""
-    users = {stage for stage in PIPELINE if f"stages/{PACKAGE}/models.py" in PIPELINE[stage]["deps"]}
-    assert users == {"train_binary", "train_multiclass", "train_multilabel"}
-    assert f"stages/{PACKAGE}/metrics.py" not in PIPELINE["split"]["deps"]
+def test_the_cluster_and_the_download_rerun_only_the_stages_that_use_them():
+    """An edit to the cluster code reruns the stages with parallel work, not `download` or `split`; one to the
+    download code reruns `download` alone (and what follows only if its output changes); one to a figure or to the
+    report's wording reruns the report stage only."""
+    users = {
+        layer: {stage for stage in PIPELINE if f"stages/{PACKAGE}/{layer}" in PIPELINE[stage]["deps"]}
+        for layer in ("parallel", "datasets", "report")
+    }
+    assert users["parallel"] == {"train_binary", "train_multiclass", "train_multilabel"}
+    assert users["datasets"] == {"download"} and users["report"] == {"report"}
+    assert not any(dep.endswith(".py") for stage in PIPELINE for dep in PIPELINE[stage]["deps"][1:])
 
 
 def test_stages_shows_the_stage_scripts_and_one_package():
     entries = sorted(path.name for path in STAGES_DIR.iterdir() if path.name != "__pycache__")
     assert entries == sorted([*(f"{stage}.py" for stage in PIPELINE), PACKAGE])
-
-
-def test_no_training_or_scoring_stage_draws_or_reports():
-    """A change to a figure or to the report's wording reruns the report stage only."""
-    for module in ("figures.py", "report.py"):
-        users = {stage for stage in PIPELINE if f"stages/{PACKAGE}/{module}" in PIPELINE[stage]["deps"]}
-        assert users == {"report"}, module

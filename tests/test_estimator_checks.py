@@ -15,7 +15,7 @@ from __future__ import annotations
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented
+from mnist_dvc.study.features import Deskew, HogFeatures, ShiftAugmented
 
 ROW, COLUMN = (1, -1), (-1, 1)
 

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from joblib import parallel_config
 from scipy import ndimage
 from skimage.feature import hog
 from sklearn.decomposition import PCA
@@ -18,9 +19,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
 from conftest import ROOT
-from mnist_dvc.arrays import to_features
-from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented, hog_images, shifted_copies
-from mnist_dvc.models import load_model, read_model, save_model
+from mnist_dvc.files.arrays import to_features
+from mnist_dvc.files.models import load_model, read_model, save_model
+from mnist_dvc.parallel.workers import map_rows
+from mnist_dvc.study.features import Deskew, HogFeatures, ShiftAugmented, hog_images, shifted_copies
 
 CENTRE = 13.5
 
@@ -91,9 +93,18 @@ def test_the_same_images_give_the_same_bytes_in_any_chunks(digits):
         whole = step.fit(features).transform(features).tobytes()
         assert step.transform(features).tobytes() == whole
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("mnist_dvc.features.IMAGES_PER_CHUNK", 64)  # four chunks, the last one short
+            patch.setattr("mnist_dvc.study.features.IMAGES_PER_CHUNK", 64)  # four chunks, the last one short
             assert step.transform(features).tobytes() == whole
         assert np.vstack([step.transform(features[:1]), step.transform(features[1:])]).tobytes() == whole
+
+
+def test_chunks_on_the_stages_workers_give_the_same_bytes(digits):
+    """`train_multiclass` maps the per-image steps over chunks on its workers: the bytes are those of one call."""
+    features, _ = digits
+    step = HogFeatures().fit(features[:1])
+    with pytest.MonkeyPatch.context() as patch, parallel_config(backend="threading", n_jobs=2):
+        patch.setattr("mnist_dvc.parallel.workers.IMAGES_PER_CHUNK", 64)
+        assert map_rows(step.transform, features).tobytes() == step.transform(features).tobytes()
 
 
 def test_wide_hog_params_take_smaller_chunks_not_more_memory():
@@ -294,7 +305,7 @@ import sys
 sys.path[:0] = ["stages", "tests"]
 from pathlib import Path
 import numpy as np
-from mnist_dvc.models import save_model
+from mnist_dvc.files.models import save_model
 from test_features import feature_pipeline
 features, labels = np.load(sys.argv[1]), np.load(sys.argv[2])
 save_model(Path(sys.argv[3]), feature_pipeline().fit(features, labels))

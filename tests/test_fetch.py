@@ -26,10 +26,13 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from mnist_dvc import datasets, files, idx, paths, sources
-from mnist_dvc.fetch import IdxDataset, OpenML
-from mnist_dvc.idx import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests
-from mnist_dvc.messages import UserError
+from mnist_dvc.datasets import idx, sources
+from mnist_dvc.datasets import registry as datasets
+from mnist_dvc.datasets.fetch import IdxDataset, OpenML
+from mnist_dvc.datasets.idx import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests
+from mnist_dvc.files import disk as files
+from mnist_dvc.files import paths
+from mnist_dvc.study.errors import UserError
 
 N_TRAIN = 20
 TEST_IMAGES = TEST_FILES[0]

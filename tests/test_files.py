@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from mnist_dvc.arrays import load_array, load_dataset_info, load_labelled_images, save_array
-from mnist_dvc.files import STALE_SECONDS, atomic_path, json_number, json_value, write_csv, write_json
-from mnist_dvc.messages import UserError
-from mnist_dvc.paths import ROOT
+from mnist_dvc.files.arrays import load_array, load_dataset_info, load_labelled_images, save_array
+from mnist_dvc.files.disk import STALE_SECONDS, atomic_path, json_number, json_value, write_csv, write_json
+from mnist_dvc.files.paths import ROOT
+from mnist_dvc.study.errors import UserError
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
@@ -54,7 +54,7 @@ import os, sys
 os.umask(0o027)
 sys.path.insert(0, "stages")
 from pathlib import Path
-from mnist_dvc.files import write_json
+from mnist_dvc.files.disk import write_json
 write_json(Path(sys.argv[1]), {})
 """
 

@@ -16,9 +16,9 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mnist_dvc.messages import UserError
-from mnist_dvc.models import canonical_skops, load_model, read_model, save_model
-from mnist_dvc.paths import ROOT
+from mnist_dvc.files.models import canonical_skops, load_model, read_model, save_model
+from mnist_dvc.files.paths import ROOT
+from mnist_dvc.study.errors import UserError
 
 
 def fitted_model() -> object:
@@ -30,7 +30,7 @@ DUMP_IN_A_NEW_PROCESS = """
 import sys
 sys.path[:0] = ["stages", "tests"]
 from pathlib import Path
-from mnist_dvc.models import canonical_skops, load_model, read_model, save_model
+from mnist_dvc.files.models import canonical_skops, load_model, read_model, save_model
 from test_models import fitted_model
 save_model(Path(sys.argv[1]), fitted_model())
 """
@@ -83,12 +83,12 @@ def test_a_model_file_naming_an_untrusted_type_is_refused(tmp_path):
 
 
 def test_the_trusted_types_are_the_trees_and_the_feature_steps_only():
-    from mnist_dvc.models import TRUSTED_MODEL_TYPES
+    from mnist_dvc.files.models import TRUSTED_MODEL_TYPES
 
     assert sorted(TRUSTED_MODEL_TYPES) == [
-        "mnist_dvc.features.Deskew",
-        "mnist_dvc.features.HogFeatures",
-        "mnist_dvc.features.ShiftAugmented",
+        "mnist_dvc.study.features.Deskew",
+        "mnist_dvc.study.features.HogFeatures",
+        "mnist_dvc.study.features.ShiftAugmented",
         "sklearn.tree._tree.Tree",
     ]
 
@@ -96,9 +96,9 @@ def test_the_trusted_types_are_the_trees_and_the_feature_steps_only():
 @pytest.mark.parametrize(
     ("module", "name"),
     [
-        ("mnist_dvc.features", "shifted_copies"),  # a function beside the trusted classes
-        ("mnist_dvc.features", "Parallel"),  # a name the module imports
-        ("mnist_dvc.runner", "UserError"),  # another class of the package
+        ("mnist_dvc.study.features", "shifted_copies"),  # a function beside the trusted classes
+        ("mnist_dvc.study.features", "Parallel"),  # a name the module imports
+        ("mnist_dvc.runtime.runner", "UserError"),  # another class of the package
         ("skimage.feature", "hog"),
         ("builtins", "eval"),
     ],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mnist_dvc.numeric_profile import Blas, apply, cpu_flags, differences, why_not_applicable
+from mnist_dvc.runtime.numeric_profile import Blas, apply, cpu_flags, differences, why_not_applicable
 
 import ast
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run
-from mnist_dvc import numeric_profile
+from mnist_dvc.runtime import numeric_profile
 
 X86_64_V3 = "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt avx avx2 fma bmi1 bmi2 abm f16c movbe"
 VARIABLE, NATIVE = numeric_profile.PROFILE_VARIABLE, numeric_profile.NATIVE
@@ -109,17 +109,18 @@ def first_import(script: Path) -> str:
 
 @pytest.mark.parametrize("script", sorted((ROOT / "stages").glob("*.py")), ids=lambda path: path.stem)
 def test_every_stage_imports_the_profile_before_anything_else(script):
-    assert first_import(script) == "mnist_dvc.numeric_profile"
+    assert first_import(script) == "mnist_dvc.runtime.numeric_profile"
 
 
 # A stage's view of its own numeric profile, from its main thread and from its worker threads.
 PROBE = """
 import json, sys
 sys.path.insert(0, "stages")
-import mnist_dvc.numeric_profile
+import mnist_dvc.runtime.numeric_profile
 from joblib import Parallel, delayed
-from mnist_dvc.numeric_profile import loaded_blas, numpy_dispatch
-from mnist_dvc.runner import run_stage
+from mnist_dvc.runtime.numeric_profile import loaded_blas, numpy_dispatch
+from mnist_dvc.parallel.workers import stage_workers
+from mnist_dvc.runtime.runner import run_stage
 import scipy.linalg
 
 def seen():
@@ -128,7 +129,7 @@ def seen():
 def main():
     print(json.dumps({"stage": seen(), "workers": Parallel(n_jobs=2)(delayed(seen)() for _ in range(2))}))
 
-run_stage(main, "probe")
+run_stage(main, "probe", workers=stage_workers)
 """
 
 

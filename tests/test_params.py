@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from mnist_dvc.datasets import DataParams
-from mnist_dvc.messages import UserError
-from mnist_dvc.params import load_params
-from mnist_dvc.paths import ROOT
-from mnist_dvc.schema import BinaryParams, ClassIndex, MulticlassParams, MultilabelParams, SplitParams
+from mnist_dvc.datasets.registry import DataParams
+from mnist_dvc.files.paths import ROOT
+from mnist_dvc.runtime.params import load_params
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.schema import BinaryParams, ClassIndex, MulticlassParams, MultilabelParams, SplitParams
 
 
 def write_params(tmp_path: Path, text: str) -> Path:
@@ -304,13 +304,13 @@ def test_a_mirror_that_cannot_be_a_source_is_named(tmp_path, mirror, problem):
     ("setting", "expected"), [("8G", 8 * 2**30), ("500M", 500 * 2**20), ("2.5GB", int(2.5 * 2**30)), ("1000", 1000)]
 )
 def test_the_memory_limit_reads_sizes(setting, expected):
-    from mnist_dvc.memory import memory_limit
+    from mnist_dvc.runtime.memory import memory_limit
 
     assert memory_limit(setting) == expected
 
 
 def test_a_bad_memory_limit_is_named():
-    from mnist_dvc.memory import memory_limit
+    from mnist_dvc.runtime.memory import memory_limit
 
     with pytest.raises(UserError, match=r"MNIST_DVC_MEMORY_LIMIT='lots': expected an amount of memory such as 8G"):
         memory_limit("lots")

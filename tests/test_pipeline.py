@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mnist_dvc.numeric_profile import cpu_flags, why_not_applicable
+from mnist_dvc.runtime.numeric_profile import cpu_flags, why_not_applicable
 
 import json
 import os
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_repo, dvc, ran_stages, run, run_until
-from mnist_dvc.models import read_model
+from mnist_dvc.files.models import read_model
 
 pytestmark = pytest.mark.slow
 LOCK = (ROOT / "dvc.lock").read_text()
@@ -165,7 +165,7 @@ def test_the_report_matches_dvc_metrics_show(reproduced):
     metrics = shown_metrics(reproduced)
     report = (reproduced / "reports/report.md").read_text()
     multiclass = report_cells(report, "## Multiclass")
-    from mnist_dvc.schema import MulticlassModels
+    from mnist_dvc.study.schema import MulticlassModels
 
     for name, model in metrics["multiclass"].items():
         row = next(cells for label, cells in multiclass.items() if label.startswith(MulticlassModels.describe(name)))
@@ -198,7 +198,7 @@ def test_exp_run_with_one_param_reruns_only_its_stages(scratch):
     assert ran_stages(result.stdout) == ["train_binary", "evaluate", "report"]
 
 
-@pytest.mark.parametrize("module", ["figures.py", "report.py"])
+@pytest.mark.parametrize("module", ["report/figures.py", "report/markdown.py"])
 def test_a_change_to_a_figure_or_the_report_retrains_and_rescores_nothing(scratch, module):
     code = scratch / "stages/mnist_dvc" / module
     code.write_text(code.read_text() + "\n# a reworded comment\n")
@@ -208,6 +208,14 @@ def test_a_change_to_a_figure_or_the_report_retrains_and_rescores_nothing(scratc
 
 
 MULTICLASS_STAGES = [f"train_multiclass@{name}" for name in ("svc_hog", "svc_ovo", "svc_ovr", "knn", "forest", "sgd")]
+
+
+def test_a_change_to_the_cluster_code_reruns_only_the_stages_with_parallel_work(scratch):
+    """`download`, `split`, `evaluate` and `report` send no work to workers: they do not depend on that layer."""
+    code = scratch / "stages/mnist_dvc/parallel/cluster.py"
+    code.write_text(code.read_text() + "\n# a reworded comment\n")
+    changed = sorted(json.loads(dvc(["status", "--json"], scratch).stdout))
+    assert changed == sorted(["train_binary", *MULTICLASS_STAGES, "train_multilabel"])
 
 
 def test_more_cv_folds_change_the_cv_metrics_and_no_model(scratch):

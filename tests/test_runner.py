@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run
-from mnist_dvc import workers
-from mnist_dvc.messages import UserError
-from mnist_dvc.workers import JOBS_VARIABLE
+from mnist_dvc.parallel import workers
+from mnist_dvc.parallel.workers import JOBS_VARIABLE
+from mnist_dvc.study.errors import UserError
 
 
 def test_workers_default_to_every_available_core(monkeypatch):
@@ -36,11 +36,12 @@ def test_a_bad_worker_count_is_named(monkeypatch, value):
 STAGE = """
 import json, os, sys
 sys.path.insert(0, "stages")
-import mnist_dvc.numeric_profile
+import mnist_dvc.runtime.numeric_profile
 import numpy
 from joblib import Parallel, delayed
-from mnist_dvc.messages import UserError
-from mnist_dvc.runner import run_stage
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.parallel.workers import stage_workers
+from mnist_dvc.runtime.runner import run_stage
 
 def pools():
     from threadpoolctl import threadpool_info
@@ -53,7 +54,7 @@ def main():
         raise UserError("params.yaml: something is wrong")
 
 FAIL = False
-run_stage(main, "a test stage")
+run_stage(main, "a test stage", workers=stage_workers)
 """
 
 
@@ -74,7 +75,7 @@ def test_a_user_error_is_one_line_and_exit_code_1():
 def test_only_scikit_learns_parameter_validation_becomes_a_param_message():
     from sklearn.linear_model import SGDClassifier
 
-    from mnist_dvc.runner import refused_by_estimator
+    from mnist_dvc.runtime.runner import refused_by_estimator
 
     features, labels = np.zeros((4, 2)), np.array([0, 1, 0, 1])
     message = r"^params.yaml: binary.sgd: scikit-learn refused it \(The 'alpha'"

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from mnist_dvc.datasets import DIGITS, FASHION
-from mnist_dvc.schema import MulticlassModels
+from mnist_dvc.datasets.registry import DIGITS, FASHION
+from mnist_dvc.study.schema import MulticlassModels
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,7 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
         "sgd.skops",
     ]
     # The deployed SGD carries the threshold chosen on its own scores of the held-out training images.
-    from mnist_dvc.models import read_model
+    from mnist_dvc.files.models import read_model
 
     deployed = read_model(workspace / "data/models/binary/sgd.skops")
     choice = metrics["sgd"]["threshold_choice"]
@@ -503,7 +503,7 @@ def test_the_multiclass_stage_needs_a_model_name(workspace):
 def test_a_bug_in_the_pipelines_own_code_keeps_its_traceback(workspace, tmp_path):
     """A broken helper (HOG given a wrong shape) is not reported as the user's param."""
     root = fresh_copy(workspace, tmp_path / "ws")
-    features = root / "stages/mnist_dvc/features.py"
+    features = root / "stages/mnist_dvc/study/features.py"
     code = features.read_text()
     broken = code.replace(
         "    n, height, width = images.shape\n",

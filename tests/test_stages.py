@@ -11,9 +11,10 @@ import split
 import train_binary
 import train_multiclass
 from conftest import ROOT
-from mnist_dvc import figures, metrics
-from mnist_dvc.messages import UserError
-from mnist_dvc.schema import BinaryParams, MulticlassModels, MulticlassParams, SplitParams
+from mnist_dvc.report import figures
+from mnist_dvc.study import metrics
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.schema import BinaryParams, MulticlassModels, MulticlassParams, SplitParams
 
 
 def multiclass_models(params: MulticlassParams, handwritten: bool = True) -> dict:
@@ -115,7 +116,7 @@ def test_every_multiclass_model_learns_the_digits(sample):
 
 
 def test_shift_augmentation_wraps_any_model_that_asks_for_it():
-    from mnist_dvc.features import ShiftAugmented
+    from mnist_dvc.study.features import ShiftAugmented
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["multiclass"]
     for name in ("knn", "forest"):
@@ -130,7 +131,7 @@ def test_the_per_image_steps_are_split_off_the_front_of_a_pipeline_only():
     from sklearn.pipeline import Pipeline
     from sklearn.svm import SVC
 
-    from mnist_dvc.features import Deskew, HogFeatures, ShiftAugmented
+    from mnist_dvc.study.features import Deskew, HogFeatures, ShiftAugmented
 
     pipeline = Pipeline([("deskew", Deskew()), ("hog", HogFeatures()), ("pca", PCA(5)), ("svc", SVC())])
     steps, rest = train_multiclass.split_per_image_steps(pipeline)
@@ -150,7 +151,7 @@ def test_input_width_counts_the_features_the_first_learning_step_gets():
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from mnist_dvc.features import Deskew, HogFeatures
+    from mnist_dvc.study.features import Deskew, HogFeatures
 
     pixels = np.zeros((3, 784), np.float32)
     hog_only = Pipeline([("deskew", Deskew()), ("hog", HogFeatures(keep_pixels=False)), ("svc", SVC())])
@@ -176,7 +177,7 @@ def test_fitting_with_per_image_steps_once_gives_what_fitting_the_whole_model_gi
     from sklearn.base import clone
     from sklearn.model_selection import cross_val_predict
 
-    from mnist_dvc.models import save_model
+    from mnist_dvc.files.models import save_model
 
     images, labels = sample
     features = images.reshape(len(images), -1).astype(np.float32) / 255
@@ -222,7 +223,7 @@ def test_the_validation_split_is_stratified_seeded_and_disjoint(sample):
 
 
 def test_noisy_pixels_follow_the_chapter_and_each_stream_differs():
-    from mnist_dvc import denoise
+    from mnist_dvc.study import denoise
 
     images = np.full((3, 28, 28), 200, np.uint8)
     noisy = denoise.noisy_pixels(images, 100, seed=1, stream=denoise.TRAIN_STREAM)

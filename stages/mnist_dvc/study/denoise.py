@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mnist_dvc.arrays import SIDE
+from mnist_dvc.study.features import SIDE
 
 TRAIN_STREAM, TEST_STREAM = 0, 1  # one seed, two independent noise streams
 

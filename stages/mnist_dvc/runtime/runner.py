@@ -7,16 +7,16 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from joblib import parallel_config
 from sklearn.utils._param_validation import InvalidParameterError  # scikit-learn exports it nowhere else
 from threadpoolctl import threadpool_limits
 
-from mnist_dvc import numeric_profile
-from mnist_dvc.files import check_inputs_unchanged, watch_inputs
-from mnist_dvc.messages import UserError, log
-from mnist_dvc.workers import stage_workers
+from mnist_dvc.files.disk import check_inputs_unchanged, watch_inputs
+from mnist_dvc.runtime import numeric_profile
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.study.errors import UserError
 
 DEBUG_VARIABLE = "MNIST_DVC_DEBUG"  # set to 1: a user error shows its traceback too
 
@@ -36,7 +36,10 @@ def refused_by_estimator(key: str) -> Iterator[None]:
 
 
 def run_stage(
-    main: Callable[..., None], description: str, parallel: bool = True, arguments: dict[str, str] | None = None
+    main: Callable[..., None],
+    description: str,
+    workers: Callable[[], AbstractContextManager[None]] | None = None,
+    arguments: dict[str, str] | None = None,
 ) -> None:
     """Entry point of every stage: `--help`, then `main()` under the numeric profile, on the stage's workers.
 
@@ -45,9 +48,10 @@ def run_stage(
 
     The profile was applied when the stage imported `numeric_profile`, before numpy loaded; here, with every library
     loaded, the stage says in one line if it is not in force. BLAS and OpenMP keep one thread in this process and so
-    in its worker threads. A stage with no parallel work (`parallel=False`) runs in its own thread only, and so never
-    connects to a cluster. A user error ends the stage with one line and exit code 1 (and, with
-    `MNIST_DVC_DEBUG=1`, the traceback behind it first); any other exception is a bug and shows its traceback.
+    in its worker threads. `workers` is the block the stage's joblib work runs in (`parallel.workers.stage_workers`);
+    a stage without it runs in its own thread only, and so never connects to a cluster. A user error ends the stage
+    with one line and exit code 1 (and, with `MNIST_DVC_DEBUG=1`, the traceback behind it first); any other exception
+    is a bug and shows its traceback.
     """
     parser = argparse.ArgumentParser(description=description)
     for name, help_text in (arguments or {}).items():
@@ -60,7 +64,7 @@ def run_stage(
         with threadpool_limits(limits=1):
             for line in numeric_profile.report(numeric_profile.STATUS):
                 log(line)
-            with stage_workers() if parallel else parallel_config(backend="sequential"):
+            with workers() if workers else parallel_config(backend="sequential"):
                 main(**options)
             check_inputs_unchanged()  # after the last write too
     except UserError as error:

@@ -13,7 +13,7 @@ import re
 
 import psutil
 
-from mnist_dvc.messages import UserError
+from mnist_dvc.study.errors import UserError
 
 LIMIT_VARIABLE = "MNIST_DVC_MEMORY_LIMIT"
 SHARE_OF_MEMORY = 0.8

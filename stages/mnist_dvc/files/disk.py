@@ -18,10 +18,13 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from mnist_dvc.messages import UserError
-from mnist_dvc.paths import display_path
+from mnist_dvc.files.paths import display_path
+from mnist_dvc.study.errors import UserError
 
 Model = TypeVar("Model", bound=BaseModel)
+# The time every entry of the zips we write carries (model files, the package for Dask workers): zip stores the
+# writing time, which would make the bytes differ on every run.
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 STALE_SECONDS = 3600  # a temporary file untouched this long is a killed writer's, not a running one's
 
 # Every file the stage has read, as it was when first read: (modification time, size, inode). None outside a stage

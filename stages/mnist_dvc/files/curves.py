@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_dvc.files import read_csv, write_csv
-from mnist_dvc.metrics import precision_recall_columns, roc_columns
-from mnist_dvc.paths import PLOTS_DIR
+from mnist_dvc.files.disk import read_csv, write_csv
+from mnist_dvc.files.paths import PLOTS_DIR
+from mnist_dvc.study.metrics import precision_recall_columns, roc_columns
 
 CURVE_MODELS = ("sgd", "forest")  # the dummy's curves are a diagonal and a point: not drawn
 

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mnist_dvc.metrics import per_class_metrics, proportion_with_interval
-from mnist_dvc.schema import MulticlassModels
+from mnist_dvc.study.metrics import per_class_metrics, proportion_with_interval
+from mnist_dvc.study.schema import MulticlassModels
 
 BINARY_NAMES = {"sgd": "SGD", "dummy": "dummy (never 'yes')", "forest": "random forest"}
 BINARY_COLUMNS = {

@@ -22,10 +22,20 @@ from pathlib import Path
 import numpy as np
 import pooch
 
-from mnist_dvc.files import remove_stale_temporaries
-from mnist_dvc.idx import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, pixel_rows_to_images, verified
-from mnist_dvc.messages import UserError, log
-from mnist_dvc.sources import BACKOFF, RETRIES, TIMEOUT, CacheError, SourceError, base_url, describe, downloader
+from mnist_dvc.datasets.idx import IDX_FILES, TEST_FILES, TRAIN_FILES, Digests, pixel_rows_to_images, verified
+from mnist_dvc.datasets.sources import (
+    BACKOFF,
+    RETRIES,
+    TIMEOUT,
+    CacheError,
+    SourceError,
+    base_url,
+    describe,
+    downloader,
+)
+from mnist_dvc.files.disk import remove_stale_temporaries
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.study.errors import UserError
 
 # How scikit-learn's fetch_openml fails on the network or on a bad answer: a connection or HTTP error, a checksum
 # or parse error (ValueError), a JSON answer of another shape (KeyError), a cut or damaged download.

@@ -18,7 +18,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from mnist_dvc.messages import UserError
+from mnist_dvc.study.errors import UserError
 
 # The column of the binary predictions file (written by `evaluate`) holding SGD's answers at the threshold chosen
 # for the target precision, the detector as it would be deployed.

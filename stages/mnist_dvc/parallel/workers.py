@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, cpu_count, delayed, effective_n_jobs, parallel_config
 
-from mnist_dvc import cluster
-from mnist_dvc.messages import UserError, log
+from mnist_dvc.parallel import cluster
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.features import IMAGES_PER_CHUNK, fill_rows
 
 JOBS_VARIABLE = "MNIST_DVC_JOBS"
 
@@ -101,14 +103,16 @@ def map_pieces(name: str, function: Callable[[np.ndarray], np.ndarray], rows: np
     return np.concatenate(run_jobs(jobs))
 
 
-def map_in_order(function: Callable[..., Any], calls: list[tuple[Any, ...]]) -> Iterator[Any]:
-    """`function(*args)` for each `args` on the stage's workers, the results in order as they come: for many short
-    jobs (chunks of images), without a progress line each. A few results wait at a time, not all of them."""
+def map_rows(function: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """`function` on chunks of IMAGES_PER_CHUNK rows on the stage's workers, the results' rows in order in one array:
+    for a model's per-image steps (deskewing, HOG), where each row's result is its own, so the chunks change no result,
+    only how long it takes. A few results wait at a time, not all of them, and no progress line each."""
+    starts = range(0, len(rows), IMAGES_PER_CHUNK)
     outputs = Parallel(return_as="generator")(
-        delayed(timed_job)(index, function, args) for index, args in enumerate(calls)
+        delayed(timed_job)(index, function, (rows[start : start + IMAGES_PER_CHUNK],))
+        for index, start in enumerate(starts)
     )
-    for _, result, _, _ in outputs:
-        yield result
+    return fill_rows(len(rows), (result for _, result, _, _ in outputs))
 
 
 def timed_job(index: int, function: Callable[..., Any], args: tuple[Any, ...]) -> tuple[int, Any, float, str]:

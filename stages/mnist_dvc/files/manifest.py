@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mnist_dvc.files import read_json_model, write_json
-from mnist_dvc.paths import MANIFEST_FILE
-from mnist_dvc.schema import MulticlassModels
+from mnist_dvc.files.disk import read_json_model, write_json
+from mnist_dvc.files.paths import MANIFEST_FILE
+from mnist_dvc.study.schema import MulticlassModels
 
 
 class Manifest(BaseModel):

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from skimage.util import montage
 
-from mnist_dvc.files import write_bytes
+from mnist_dvc.files.disk import write_bytes
 
 plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 

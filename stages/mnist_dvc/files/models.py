@@ -13,21 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from mnist_dvc.arrays import DAMAGED_NPY
-from mnist_dvc.files import record_input, write_bytes
-from mnist_dvc.messages import UserError
-from mnist_dvc.paths import display_path
+from mnist_dvc.files.arrays import DAMAGED_NPY
+from mnist_dvc.files.disk import FIXED_ZIP_TIME, record_input, write_bytes
+from mnist_dvc.files.paths import display_path
+from mnist_dvc.study.errors import UserError
 
 # skops trusts scikit-learn's estimators and numpy's arrays by default. These are the only other types the
 # pipeline's models contain (a forest's trees, the project's feature steps); a file naming anything else is refused.
 TRUSTED_MODEL_TYPES = [
     "sklearn.tree._tree.Tree",
-    "mnist_dvc.features.Deskew",
-    "mnist_dvc.features.HogFeatures",
-    "mnist_dvc.features.ShiftAugmented",
+    "mnist_dvc.study.features.Deskew",
+    "mnist_dvc.study.features.HogFeatures",
+    "mnist_dvc.study.features.ShiftAugmented",
 ]
 
-_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # How skops fails on a damaged archive (found by fuzzing archives and their schema): not a zip, an entry or key
 # missing, a schema that is not JSON or not of the right shape (AttributeError, TypeError: a list where a mapping
 # belongs), and numpy's ways with a damaged array entry.
@@ -100,7 +99,7 @@ def canonical_skops(raw: bytes) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in [("schema.json", json.dumps(schema, indent=2).encode()), *entries.items()]:
-            info = zipfile.ZipInfo(name, date_time=_FIXED_ZIP_TIME)
+            info = zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME)
             info.create_system = 3  # unix, whatever the platform
             info.external_attr = 0o644 << 16
             archive.writestr(info, data)

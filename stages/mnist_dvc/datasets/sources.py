@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from mnist_dvc.messages import log
+from mnist_dvc.runtime.messages import log
 
 # Network knobs, module constants so tests can make failures fast.
 TIMEOUT = 30.0  # seconds for the connect and for each read: a stalled mirror is given up

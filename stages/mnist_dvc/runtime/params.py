@@ -10,10 +10,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.events import AliasEvent
 
-from mnist_dvc.files import record_input
-from mnist_dvc.messages import UserError
-from mnist_dvc.paths import PARAMS_FILE, display_path
-from mnist_dvc.schema import AllParams
+from mnist_dvc.files.disk import record_input
+from mnist_dvc.files.paths import PARAMS_FILE, display_path
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.schema import AllParams
 
 Value = TypeVar("Value")
 Model = TypeVar("Model", bound=BaseModel)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PARAMS_FILE = ROOT / "params.yaml"
 RAW_DIR = ROOT / "data" / "raw"
 SPLIT_DIR = ROOT / "data" / "split"

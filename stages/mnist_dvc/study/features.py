@@ -10,7 +10,7 @@ on the worker that computed it. The classes are scikit-learn estimators that pas
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -21,9 +21,7 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
-from mnist_dvc.arrays import SIDE
-from mnist_dvc.workers import map_in_order
-
+SIDE = 28  # the datasets' images are SIDE x SIDE pixels
 ImageShape = tuple[int, int]
 # The default `image_shape`: the datasets' images, 28x28 (`arrays.to_features` gives their 784 pixels a row).
 MNIST_IMAGE_SHAPE: ImageShape = (SIDE, SIDE)
@@ -212,25 +210,33 @@ def hog_images(images: np.ndarray, orientations: int, pixels_per_cell: int, cell
     return blocks.reshape(n, -1).astype(np.float32)
 
 
+def fill_rows(n_rows: int, parts: Iterable[np.ndarray]) -> np.ndarray:
+    """The rows of `parts`, in order, written into one array of `n_rows` rows: never the result twice in memory, as
+    concatenating the parts would."""
+    parts = iter(parts)
+    first = next(parts)
+    result = np.empty((n_rows, *first.shape[1:]), first.dtype)
+    result[: len(first)] = first
+    start = len(first)
+    for part in parts:
+        result[start : start + len(part)] = part
+        start += len(part)
+    return result
+
+
 def map_chunks(
     function: Callable[..., np.ndarray], images: np.ndarray, *args: Any, size: int = IMAGES_PER_CHUNK
 ) -> np.ndarray:
-    """`function` on chunks of `size` images (at most IMAGES_PER_CHUNK) on the stage's workers, its results' rows
-    written in order into one array.
+    """`function` on chunks of `size` images (at most IMAGES_PER_CHUNK), one after the other, its results' rows
+    written in order into one array: the chunks bound the memory of the intermediate arrays.
 
-    Each image is computed alone, so the result does not depend on the chunks or the workers (tested), only the memory
-    does: a few chunks' intermediates and the result, never the result twice as concatenating the chunks' results
-    would. Inside a job (a model's predict on a worker) the chunks run one after the other.
+    Each image is computed alone, so the result does not depend on the chunks (tested); a stage that wants the chunks
+    on its workers maps the step's `transform` over them itself (`parallel.workers.map_rows`).
     """
     size = max(1, min(size, IMAGES_PER_CHUNK))
-    starts = range(0, len(images), size)
-    results = map_in_order(function, [(images[start : start + size], *args) for start in starts])
-    first = next(results)
-    result = np.empty((len(images), *first.shape[1:]), first.dtype)
-    result[: len(first)] = first
-    for start, part in zip(starts[1:], results, strict=True):
-        result[start : start + len(part)] = part
-    return result
+    return fill_rows(
+        len(images), (function(images[start : start + size], *args) for start in range(0, len(images), size))
+    )
 
 
 class HogFeatures(PerImageTransformer):

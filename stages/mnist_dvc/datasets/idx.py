@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mnist_dvc.arrays import SIDE
-from mnist_dvc.sources import SourceError
+from mnist_dvc.datasets.sources import SourceError
+from mnist_dvc.study.features import SIDE
 
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field, field_validator
 
-from mnist_dvc.fetch import IdxDataset, OpenML, fetch_dataset
-from mnist_dvc.idx import Digests, idx_size, pixel_rows_to_images
-from mnist_dvc.messages import UserError
-from mnist_dvc.params import quoted
-from mnist_dvc.schema import Params
-from mnist_dvc.sources import SourceError, mirror_problem
+from mnist_dvc.datasets.fetch import IdxDataset, OpenML, fetch_dataset
+from mnist_dvc.datasets.idx import Digests, idx_size, pixel_rows_to_images
+from mnist_dvc.datasets.sources import SourceError, mirror_problem
+from mnist_dvc.runtime.params import quoted
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.schema import Params
 
 DIGITS = tuple(str(digit) for digit in range(10))
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")

@@ -8,11 +8,11 @@ from tokenize import TokenError
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mnist_dvc.files import atomic_path, read_json_model, record_input
-from mnist_dvc.messages import UserError
-from mnist_dvc.paths import SPLIT_DIR, display_path
+from mnist_dvc.files.disk import atomic_path, read_json_model, record_input
+from mnist_dvc.files.paths import SPLIT_DIR, display_path
+from mnist_dvc.study.errors import UserError
+from mnist_dvc.study.features import SIDE
 
-SIDE = 28
 # How numpy's reader fails on a damaged .npy file (found by fuzzing its header): a header its parser cannot read
 # (SyntaxError, TokenError), one that does not describe an array (ValueError, or TypeError when its keys are of
 # mixed types), or data cut short (EOFError, and ValueError when reshaping).

@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 from joblib import effective_n_jobs
 
-from mnist_dvc import numeric_profile
-from mnist_dvc.messages import UserError, log
+from mnist_dvc.files.disk import FIXED_ZIP_TIME
+from mnist_dvc.runtime import numeric_profile
+from mnist_dvc.runtime.messages import log
+from mnist_dvc.study.errors import UserError
 
 SCHEDULER_VARIABLE = "MNIST_DVC_DASK_SCHEDULER"
 CONNECT_SECONDS = 20  # to reach the scheduler
@@ -42,8 +44,7 @@ WORKER_WAIT_SECONDS = 30  # for a first worker to join
 NO_WORKER_SECONDS = 30  # without any worker before the stage gives up
 SHARED_ARRAY_BYTES = 1024 * 1024  # a job argument this large goes to every worker once, not with each job
 PACKAGE = "mnist_dvc"
-PACKAGE_DIR = Path(__file__).resolve().parent
-_FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 Call = tuple[Callable[..., Any], tuple[Any, ...]]
 
@@ -87,10 +88,10 @@ def package_archive(folder: Path = PACKAGE_DIR) -> tuple[str, bytes]:
     digest = hashlib.sha256()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.glob("*.py")):
-            data = path.read_bytes()
-            digest.update(path.name.encode() + b"\0" + data + b"\0")
-            archive.writestr(zipfile.ZipInfo(f"{PACKAGE}/{path.name}", date_time=_FIXED_ZIP_TIME), data)
+        for path in sorted(folder.rglob("*.py")):
+            name, data = path.relative_to(folder).as_posix(), path.read_bytes()
+            digest.update(name.encode() + b"\0" + data + b"\0")
+            archive.writestr(zipfile.ZipInfo(f"{PACKAGE}/{name}", date_time=FIXED_ZIP_TIME), data)
     return f"{PACKAGE}-{digest.hexdigest()[:16]}.zip", buffer.getvalue()
 
 

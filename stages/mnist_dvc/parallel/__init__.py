@@ -1,0 +1,1 @@
+"""Where a stage's parallel work runs: threads of its own process, or the workers of a Dask cluster."""

@@ -1,0 +1,1 @@
+"""The report: the figures of the study and `reports/report.md`."""
