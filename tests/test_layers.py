@@ -80,7 +80,7 @@ for path in sorted(Path("data/models").rglob("*.skops")):
         answers[str(path)] = np.asarray(model.predict(images)).tolist()
     else:
         answers[str(path)] = None
-loaded = sorted(name for name in sys.modules if name.startswith("mnist_dvc."))
+loaded = sorted(name for name, module in sys.modules.items() if module and name.startswith("mnist_dvc."))
 print(json.dumps({{"answers": answers, "loaded": loaded}}))
 """
 
