@@ -38,8 +38,10 @@ import yaml
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "stages")]
-from conftest import copy_repo, dask_cluster, tool_env  # noqa: E402  (the tests' way to make a repo copy, a cluster)
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "stages")]
+from local_cluster import LAUNCH_ENVIRONMENT, dask_cluster  # noqa: E402
+from project_copy import command_env, copy_repo  # noqa: E402
+
 from mnist_dvc.runtime.params import read_params_file  # noqa: E402  params.yaml read as DVC reads it
 
 SAMPLE_SECONDS = 0.1
@@ -251,7 +253,7 @@ def outputs_of(repo: Path) -> dict[str, str]:
 
 def run_once(args: argparse.Namespace, workspace: Path) -> Run:
     """The whole pipeline in a fresh copy of the repo under `workspace`, with a fresh download cache."""
-    env = tool_env(MNIST_DVC_CACHE=str(workspace / "download-cache"))
+    env = command_env(LAUNCH_ENVIRONMENT, MNIST_DVC_CACHE=str(workspace / "download-cache"))
     repo = workspace / "repo"
     mirrors = [mirror if "://" in mirror else str(Path(mirror).resolve()) for mirror in args.mirror]
     stages = prepare(repo, args.dataset, mirrors, args.set)

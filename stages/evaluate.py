@@ -35,7 +35,7 @@ from mnist_dvc.files.paths import (
     display_path,
 )
 from mnist_dvc.runtime.messages import log
-from mnist_dvc.runtime.params import check_at_most, load_params
+from mnist_dvc.runtime.params import binary_class_name, load_params
 from mnist_dvc.runtime.runner import run_stage
 from mnist_dvc.study.denoise import as_features, mean_absolute_error
 from mnist_dvc.study.errors import UserError
@@ -157,24 +157,21 @@ def evaluate_binary(
 ) -> dict[str, Any]:
     """Each binary model's test metrics at its own cutoff; SGD's also at the threshold chosen in training."""
     metrics = {name: {"test": binary_metrics(target, said, scores)} for name, (scores, said) in answers.items()}
-    metrics["sgd"]["test"].update(threshold_results(target, answers["sgd"][0], thresholded, target_precision))
+    own = threshold_for_precision(target, answers["sgd"][0], target_precision)
+    metrics["sgd"]["test"]["threshold_at_target_precision"] = None if own is None else rounded(own[0])
+    metrics["sgd"]["test"]["recall_at_target_precision"] = None if own is None else rounded(own[1])
+    metrics[THRESHOLDED_SGD] = {"test": held_threshold_results(target, thresholded)}
     return metrics
 
 
-def threshold_results(
-    target: np.ndarray, scores: np.ndarray, answers: np.ndarray, target_precision: float
-) -> dict[str, float | None]:
-    """Does the threshold chosen on held-out training images keep its precision on the test set? With 95% intervals,
-    beside the test set's own best point: the lowest threshold of the same scores that reaches the target."""
+def held_threshold_results(target: np.ndarray, answers: np.ndarray) -> dict[str, float | None]:
+    """Does the threshold chosen on held-out training images keep its precision on the test set? With 95%
+    intervals; `sgd`'s `threshold_at_target_precision` is the test set's own best point, known only afterwards."""
     results: dict[str, float | None] = {}
     hits = int(np.count_nonzero(answers & target))
     for name, trials in (("precision", int(answers.sum())), ("recall", int(target.sum()))):
         value, low, high = proportion_with_interval(hits, trials)
-        results |= {f"{name}_at_cv_threshold": value, f"{name}_at_cv_threshold_low": low}
-        results[f"{name}_at_cv_threshold_high"] = high
-    own = threshold_for_precision(target, scores, target_precision)
-    results["threshold_at_target_precision"] = None if own is None else rounded(own[0])
-    results["recall_at_target_precision"] = None if own is None else rounded(own[1])
+        results |= {name: value, f"{name}_low": low, f"{name}_high": high}
     return results
 
 
@@ -223,7 +220,7 @@ def write_predictions(
     binary_columns: dict[str, np.ndarray] = {"truth": target.astype(np.int8)}
     for name, (scores, said) in answers.items():
         binary_columns |= {name: said.astype(np.int8), f"{name}_score": scores}
-    binary_columns |= {THRESHOLDED_SGD: thresholded.astype(np.int8), f"{THRESHOLDED_SGD}_score": answers["sgd"][0]}
+    binary_columns[THRESHOLDED_SGD] = thresholded.astype(np.int8)  # its scores are `sgd_score`
     write_csv(PREDICTIONS_DIR / "binary.csv", binary_columns, digits=6)
     write_csv(PREDICTIONS_DIR / "multiclass.csv", {"truth": labels, **multiclass})
     truth = multilabel_targets(labels)
@@ -250,9 +247,8 @@ def main() -> None:
     images, labels = load_split("test")
     _, train_labels = load_split("train")
     class_names = load_class_names()
-    check_at_most("binary.digit", digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
     target = is_target(labels, digit)
-    check_both_classes(target, digit, class_names[digit], "test")
+    check_both_classes(target, digit, binary_class_name(digit, class_names), "test")
     binary_answers = read_binary_answers(len(labels))
     multilabel, noisy, cleaned = read_multilabel_answers(len(labels))
     remove_stale_models(names)

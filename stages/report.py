@@ -52,7 +52,7 @@ from mnist_dvc.report.markdown import (
     multilabel_section,
     render_report,
 )
-from mnist_dvc.runtime.params import check_at_most, load_all_params
+from mnist_dvc.runtime.params import binary_class_name, load_all_params
 from mnist_dvc.runtime.runner import run_stage
 from mnist_dvc.study.errors import UserError
 from mnist_dvc.study.features import SIDE
@@ -62,7 +62,7 @@ from mnist_dvc.study.schema import AllParams, MulticlassModels
 Curves = dict[str, dict[str, np.ndarray]]  # (part, kind, model) as "cv/pr/sgd" -> the curve's columns
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Inputs:
     """Everything the report shows, read and checked before the first figure is drawn."""
 
@@ -104,8 +104,7 @@ def read_inputs() -> Inputs:
     params = load_all_params()
     class_names = load_class_names()
     train, test = load_split("train"), load_split("test")
-    digit_limit = len(class_names) - 1
-    check_at_most("binary.digit", params.binary.digit, digit_limit, f"the dataset has {len(class_names)} classes")
+    binary_class_name(params.binary.digit, class_names)
     training, tested = read_metrics()
     manifest = read_manifest()
     curves = {
@@ -134,20 +133,20 @@ def read_inputs() -> Inputs:
     for part in ("train", "test"):
         json_value(DATA_OVERVIEW_FILE, counts, part)
     return Inputs(
-        params,
-        class_names,
-        train,
-        test,
-        overview,
-        training,
-        tested,
-        manifest,
-        curves,
-        cv_scores,
-        cv_predictions,
-        binary,
-        multiclass,
-        denoised,
+        params=params,
+        class_names=class_names,
+        train=train,
+        test=test,
+        overview=overview,
+        training=training,
+        tested=tested,
+        manifest=manifest,
+        curves=curves,
+        cv_scores=cv_scores,
+        cv_predictions=cv_predictions,
+        binary=binary,
+        multiclass=multiclass,
+        denoised=denoised,
     )
 
 
@@ -195,7 +194,7 @@ def binary_figures(inputs: Inputs, question: str) -> None:
         ),
     )
 
-    threshold = json_number(METRICS_DIR / "binary_cv.json", training, "sgd.threshold_choice.threshold")
+    threshold = json_number(METRICS_DIR / "binary_cv.json", training, f"{THRESHOLDED_SGD}.threshold_choice.threshold")
     answers = inputs.binary[THRESHOLDED_SGD].astype(bool)
     deployed = point_at_threshold(inputs.binary["truth"].astype(bool), answers, threshold)
     auc = {model: tested[model]["test"]["roc_auc"] for model in CURVE_MODELS}

@@ -11,7 +11,7 @@ from mnist_dvc.files.arrays import load_dataset_info, load_labelled_images, save
 from mnist_dvc.files.disk import write_json
 from mnist_dvc.files.paths import DATA_OVERVIEW_FILE, RAW_DIR, SPLIT_DIR, display_path
 from mnist_dvc.runtime.messages import log
-from mnist_dvc.runtime.params import load_params
+from mnist_dvc.runtime.params import check_stratified_split, load_params
 from mnist_dvc.runtime.runner import run_stage
 from mnist_dvc.study.errors import UserError
 from mnist_dvc.study.schema import SplitParams
@@ -41,16 +41,6 @@ def canonical_test_start(test_start: int | None, n_images: int) -> int | None:
     return test_start
 
 
-def check_stratifiable(params: SplitParams, labels: np.ndarray, n_classes: int) -> None:
-    """A stratified split needs at least one image of every class on each side."""
-    n_test = int(np.ceil(params.test_size * len(labels)))
-    if n_test < n_classes or len(labels) - n_test < n_classes:
-        raise UserError(
-            f"split.test_size = {params.test_size} leaves {n_test} of {len(labels)} images for testing: "
-            f"each side needs at least {n_classes} (one per class)"
-        )
-
-
 def main() -> None:
     params = load_params("split", SplitParams)
     images, labels = load_labelled_images(RAW_DIR)
@@ -58,7 +48,7 @@ def main() -> None:
     class_names = info.class_names
     test_start = canonical_test_start(info.test_start, len(images))
     if test_start is None:
-        check_stratifiable(params, labels, len(class_names))
+        check_stratified_split("split.test_size", params.test_size, labels, "images")
 
     train_images, test_images, train_labels, test_labels = split_dataset(images, labels, test_start, params)
     log(f"{info.name}: {len(train_labels)} train / {len(test_labels)} test images")

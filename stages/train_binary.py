@@ -26,7 +26,7 @@ from mnist_dvc.files.models import save_model
 from mnist_dvc.files.paths import ANSWERS_DIR, BINARY_CV_SCORES_FILE, METRICS_DIR, MODELS_DIR
 from mnist_dvc.parallel.workers import Job, run_jobs, stage_workers
 from mnist_dvc.runtime.messages import log
-from mnist_dvc.runtime.params import check_at_most, check_folds, load_params
+from mnist_dvc.runtime.params import binary_class_name, check_folds, load_params
 from mnist_dvc.runtime.runner import refused_by_estimator, run_stage
 from mnist_dvc.study.errors import UserError
 from mnist_dvc.study.metrics import (
@@ -36,6 +36,7 @@ from mnist_dvc.study.metrics import (
     check_both_classes,
     decision_cutoff,
     is_target,
+    one_answer_only,
     positive_scores,
     rounded,
     score_method,
@@ -134,9 +135,8 @@ def threshold_split(params: BinaryParams, target: np.ndarray, class_name: str) -
     learn, held_out = train_test_split(
         np.arange(len(target)), test_size=params.threshold_holdout, stratify=target, random_state=params.threshold_seed
     )
-    held_positives = int(target[held_out].sum())
-    if held_positives in (0, len(held_out)):
-        some = "none" if held_positives == 0 else "all"
+    some = one_answer_only(target[held_out])
+    if some:
         raise UserError(
             f"{key} holds out {len(held_out)} training images, {some} of them '{class_name}': the threshold is chosen "
             f"among both answers: {advice}"
@@ -181,11 +181,11 @@ def thresholded_sgd(
 
 def check_forest_subset(target: np.ndarray, max_train_samples: int | None, class_name: str) -> None:
     """The forest's first N training images must hold both answers, or it has nothing to learn."""
-    positives = int(target.sum())
-    if max_train_samples is not None and positives in (0, len(target)):
+    some = one_answer_only(target)
+    if max_train_samples is not None and some:
         raise UserError(
             f"params.yaml: binary.forest.max_train_samples = {max_train_samples}: "
-            f"{'none' if positives == 0 else 'all'} of the first {len(target)} training images are '{class_name}', "
+            f"{some} of the first {len(target)} training images are '{class_name}', "
             "and the forest needs both answers to learn: raise it (null = every training image)"
         )
 
@@ -202,22 +202,21 @@ def evaluate_scores(
 
 def test_answers(models: dict[str, Any], features: np.ndarray) -> dict[str, np.ndarray]:
     """Each model's scores for 'yes' on the test images and its answers at its own cutoff (0 for a decision
-    function, 0.5 for a probability, as in cross-validation); and the deployed SGD's `predict`, which applies the
-    threshold chosen for the target precision."""
+    function, 0.5 for a probability, as in cross-validation): `sgd` is the deployed SGD at 0; and the deployed SGD's
+    `predict` (`sgd_at_target_precision`), which applies the threshold chosen for the target precision."""
     answers = {}
-    for name, model in models.items():
+    for name in ("sgd", "dummy", "forest"):
+        model = models[THRESHOLDED_SGD if name == "sgd" else name]
         scores = positive_scores(model, features)
         answers |= {f"{name}_scores": scores, f"{name}_answers": scores > decision_cutoff(model)}
-    answers[f"{THRESHOLDED_SGD}_answers"] = models["sgd"].predict(features)
+    answers[f"{THRESHOLDED_SGD}_answers"] = models[THRESHOLDED_SGD].predict(features)
     return answers
 
 
 def main() -> None:
     params = load_params("binary", BinaryParams)
     images, labels = load_split("train")
-    class_names = load_class_names()
-    check_at_most("binary.digit", params.digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
-    class_name = class_names[params.digit]
+    class_name = binary_class_name(params.digit, load_class_names())
     features, target = to_features(images, BINARY_FEATURES_DTYPE), is_target(labels, params.digit)
     check_both_classes(target, params.digit, class_name, "training")
     check_folds("binary.cv_folds", params.cv_folds, target)
@@ -227,9 +226,11 @@ def main() -> None:
 
     models = build_models(params)
     split = threshold_split(params, target, class_name)
-    scores, models["forest"], (models["sgd"], choice) = out_of_sample_scores(models, features, target, params, split)
+    scores, forest, (deployed, choice) = out_of_sample_scores(models, features, target, params, split)
     with refused_by_estimator("binary.dummy"):
-        models["dummy"].fit(features, target)
+        dummy = clone(models["dummy"]).fit(features, target)
+    # The plain SGD is only cross-validated; the SGD that is saved and tested is the one with its threshold.
+    fitted = {THRESHOLDED_SGD: deployed, "dummy": dummy, "forest": forest}
     metrics: dict[str, Any] = {}
     scored: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in ("sgd", "dummy", "forest"):
@@ -239,13 +240,13 @@ def main() -> None:
         reached = threshold_for_precision(model_target, scores[name], params.target_precision)
         metrics[name] = {kind: evaluate_scores(model_target, scores[name], decision_cutoff(models[name]), reached)}
         log(f"{name}: {metrics[name][kind]}")
-    metrics["sgd"]["threshold_choice"] = choice
-    log(f"sgd: {choice}")
+    metrics[THRESHOLDED_SGD] = {"threshold_choice": choice}
+    log(f"{THRESHOLDED_SGD}: {choice}")
 
-    answers = test_answers(models, to_features(load_split_images("test"), BINARY_FEATURES_DTYPE))
+    answers = test_answers(fitted, to_features(load_split_images("test"), BINARY_FEATURES_DTYPE))
 
     # Outputs only once every model is fitted: a refused param leaves nothing behind.
-    for name, model in models.items():
+    for name, model in fitted.items():
         save_model(MODELS_DIR / "binary" / f"{name}.skops", model)
     save_arrays(ANSWERS_DIR / "binary", answers)
     write_json(METRICS_DIR / "binary_cv.json", {"binary": metrics})

@@ -33,7 +33,15 @@ from mnist_dvc.files.paths import ANSWERS_DIR, MODELS_DIR, SPLIT_DIR
 from mnist_dvc.parallel.workers import Job, map_pieces, map_rows, run_jobs, stage_workers, workers_at_once
 from mnist_dvc.runtime.memory import LIMIT_VARIABLE, check_memory, memory_limit
 from mnist_dvc.runtime.messages import log
-from mnist_dvc.runtime.params import check_at_least, check_at_most, check_folds, fold_train_size, load_keys, load_params
+from mnist_dvc.runtime.params import (
+    check_at_least,
+    check_at_most,
+    check_folds,
+    check_stratified_split,
+    fold_train_size,
+    load_keys,
+    load_params,
+)
 from mnist_dvc.runtime.runner import refused_by_estimator, run_stage
 from mnist_dvc.study.errors import UserError
 from mnist_dvc.study.features import Deskew, HogFeatures, ShiftAugmented
@@ -51,7 +59,7 @@ def pca(components: int | None, seed: int | None = None) -> list[tuple[str, Any]
     """PCA before a kernel SVC, whose cost grows with the input width: a few dozen or hundred components suffice.
 
     On raw pixels the covariance's eigenvectors are cheap and exact; on thousands of HOG features a randomized SVD
-    (seeded) takes a sixth of the time (measured: 0.7 s against 4.3 s for 200 of 2,809 features on 3,600 images).
+    (seeded) is much faster (measured: docs/design.md).
     """
     if components is None:
         return []
@@ -119,15 +127,8 @@ def shift_augmented(model: Any) -> Any:
 
 def validation_split(labels: np.ndarray, params: MulticlassSharedParams) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training images the models learn from, and of those that choose among them (stratified)."""
-    n_classes = len(np.unique(labels))
-    n_validation = int(np.ceil(params.validation_size * len(labels)))
-    if n_validation < n_classes or len(labels) - n_validation < n_classes:
-        raise UserError(
-            f"params.yaml: multiclass.validation_size = {params.validation_size} holds out {n_validation} of "
-            f"{len(labels)} training images: each side needs at least {n_classes} (one per class)"
-        )
-    if np.bincount(labels)[np.unique(labels)].min() < 2:
-        raise UserError("data/split: a class has a single training image, which cannot be on both sides of the split")
+    key = "multiclass.validation_size"
+    n_validation = check_stratified_split(key, params.validation_size, labels, "training images")
     positions = np.arange(len(labels))
     return train_test_split(positions, test_size=n_validation, stratify=labels, random_state=params.validation_seed)
 
@@ -194,8 +195,8 @@ def split_per_image_steps(model: Any) -> tuple[Pipeline | None, Any]:
     """A Pipeline's leading steps that learn nothing from the images (`requires_fit` tag false), and the rest.
 
     Those steps give an image the same features whatever they were fitted on, so the stage computes them once per
-    image instead of in every CV fold and final fit: with skimage's `hog`, HOG extraction was two thirds of svc_hog's
-    time (1.9 s of 2.9 s per fold on the sample). (None, model) when there are none, e.g. a model wrapped in
+    image instead of in every CV fold and final fit, where HOG extraction was most of svc_hog's time (measured:
+    docs/design.md). (None, model) when there are none, e.g. a model wrapped in
     `ShiftAugmented`.
     """
     if not isinstance(model, Pipeline):
@@ -217,8 +218,7 @@ def fit_and_predict_fold(
     name: str, model: Any, inputs: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray
 ) -> np.ndarray:
     """One CV job, its predictions only: its rows are copied here, in the worker, and its fitted model is dropped
-    when it returns, so a fold's memory lives only while it runs (measured with 100 folds of the KNN on shifted copies
-    of the sample: 5.5 GiB at the peak when every fold's model was kept until all were done, 0.5 GiB now)."""
+    when it returns, so a fold's memory lives only while it runs, however many folds there are (docs/design.md)."""
     return fit(name, model, inputs[train], labels[train]).predict(inputs[test])
 
 

@@ -25,7 +25,7 @@ from mnist_dvc.study.denoise import TEST_STREAM, TRAIN_STREAM, as_features, clea
 from mnist_dvc.study.metrics import multilabel_f1, multilabel_targets
 from mnist_dvc.study.schema import DenoiseParams, KNNParams, MultilabelParams
 
-IMAGES_CLEANED_AT_ONCE = 250  # test images cleaned at once: about 400 MB
+IMAGES_CLEANED_AT_ONCE = 250  # test images cleaned at once, to bound the denoiser's memory (docs/design.md)
 
 
 def build_model(params: KNNParams) -> KNeighborsClassifier:
@@ -56,7 +56,7 @@ def fit_denoiser(params: DenoiseParams, images: np.ndarray) -> KNeighborsClassif
 
 def clean_images(denoiser: KNeighborsClassifier, noisy: np.ndarray) -> np.ndarray:
     """The denoiser's clean pixels (0..255), in chunks: for 784 outputs, scikit-learn's KNN predicts through class
-    probabilities of every output, about 1.6 MB per image (measured: 15 GB for 10,000 test images at once)."""
+    probabilities of every output, so its memory grows with the images it predicts at once."""
     chunks = range(0, len(noisy), IMAGES_CLEANED_AT_ONCE)
     return np.concatenate([denoiser.predict(noisy[start : start + IMAGES_CLEANED_AT_ONCE]) for start in chunks])
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -117,6 +118,29 @@ def test_a_worker_without_the_profile_is_refused(tmp_path, scratch):
     assert "instead of numpy's openblas (Haswell kernel, 1 thread)" in error
     assert error.endswith(f"dask worker {started.address}`, in an environment from requirements.txt")
     assert untouched(scratch)
+
+
+@pytest.mark.slow
+def test_the_local_cluster_command_prints_an_address_that_answers_and_stops_what_it_started(tmp_path):
+    from distributed import Client
+
+    command = [sys.executable, "tools/local_cluster.py", "--workers", "1", "--folder", str(tmp_path / "cluster")]
+    process = run_until(command, ROOT, "Ctrl-C stops them", timeout=120, new_session=True)
+    address = (tmp_path / "cluster/scheduler.json").read_text()
+    with Client(json.loads(address)["address"], timeout=20) as client:
+        (environment,) = client.run(lambda: {name: os.environ.get(name) for name in ("OPENBLAS_CORETYPE",)}).values()
+    assert environment == {"OPENBLAS_CORETYPE": "Haswell"}  # the numeric profile's kernel, as the stages ask
+    os.killpg(process.pid, signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert f"export {SCHEDULER_VARIABLE}=" in output
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "cluster")], capture_output=True, text=True).stdout
+    assert left == ""  # no scheduler or worker outlives the command
+
+
+def test_the_local_cluster_command_refuses_a_worker_count_below_one():
+    result = run([sys.executable, "tools/local_cluster.py", "--workers", "0"], ROOT, check=False)
+    assert result.returncode == 2 and "--workers: '0': give a whole number of at least 1" in result.stderr
 
 
 def lock_outs(path: Path) -> dict[str, str]:

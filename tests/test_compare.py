@@ -165,7 +165,7 @@ def write_predictions(root: Path, labels: np.ndarray, **models: np.ndarray) -> N
     scores = np.round(target + np.linspace(-0.6, 0.6, len(labels)), 4)
     answers = (scores > 0.5).astype(int)
     binary = {"truth": target, "sgd": answers, "sgd_score": scores, "sgd_at_target_precision": answers}
-    pd.DataFrame({**binary, "sgd_at_target_precision_score": scores}).to_csv(folder / "binary.csv", index=False)
+    pd.DataFrame(binary).to_csv(folder / "binary.csv", index=False)
     truth = {"truth_large": (labels >= 7).astype(int), "truth_odd": labels % 2}
     knn = {"knn_large": truth["truth_large"], "knn_odd": truth["truth_odd"]}
     pd.DataFrame(truth | knn).to_csv(folder / "multilabel.csv", index=False)

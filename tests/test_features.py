@@ -302,7 +302,7 @@ def test_a_model_of_feature_steps_saves_loads_and_saves_again_to_the_same_bytes(
 
 SAVE_IN_A_NEW_PROCESS = """
 import sys
-sys.path[:0] = ["stages", "tests"]
+sys.path[:0] = ["stages", "tests", "tools"]
 from pathlib import Path
 import numpy as np
 from mnist_dvc.files.models import save_model

@@ -54,6 +54,24 @@ def test_a_module_imports_only_its_own_layer_and_those_beneath(module):
     assert imported_layers(module) <= LAYERS[layer] | {layer}
 
 
+def imported_modules(script: Path) -> set[str]:
+    """The top-level names of every module `script` imports, anywhere in its code."""
+    names = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add((node.module or "").split(".")[0])
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("script", sorted([*ROOT.glob("benchmarks/*.py"), *ROOT.glob("tools/*.py")]), ids=str)
+def test_benchmarks_and_tools_import_nothing_of_the_tests(script):
+    """The tests use what benchmarks/ and tools/ offer (a repo copy, a local cluster), never the other way."""
+    tests = {path.stem for path in (ROOT / "tests").glob("*.py")}
+    assert not imported_modules(script) & tests
+
+
 def test_the_layer_check_sees_an_import_that_runs_upwards(tmp_path):
     upwards = tmp_path / "features.py"
     upwards.write_text("from mnist_dvc.parallel.workers import map_rows\nimport mnist_dvc.runtime.messages\n")

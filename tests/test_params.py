@@ -12,7 +12,7 @@ import yaml
 
 from mnist_dvc.datasets.registry import DataParams
 from mnist_dvc.files.paths import ROOT
-from mnist_dvc.runtime.params import load_params
+from mnist_dvc.runtime.params import binary_class_name, check_stratified_split, load_params
 from mnist_dvc.study.errors import UserError
 from mnist_dvc.study.schema import BinaryParams, ClassIndex, MulticlassParams, MultilabelParams, SplitParams
 
@@ -314,3 +314,43 @@ def test_a_bad_memory_limit_is_named():
 
     with pytest.raises(UserError, match=r"MNIST_DVC_MEMORY_LIMIT='lots': expected an amount of memory such as 8G"):
         memory_limit("lots")
+
+
+@pytest.mark.parametrize(
+    ("size", "labels", "message"),
+    [
+        (
+            0.05,
+            np.repeat(np.arange(10), 10),
+            "split.test_size = 0.05 holds out 5 of 100 images: each side needs at least 10",
+        ),
+        (
+            0.95,
+            np.repeat(np.arange(10), 10),
+            "split.test_size = 0.95 holds out 95 of 100 images: each side needs at least 10",
+        ),
+        (
+            0.5,
+            np.array([0, 0, 1, 1, 2, 0]),
+            "split.test_size: class 2 has a single one of the 6 images, which cannot be",
+        ),
+    ],
+)
+def test_a_stratified_split_needs_every_class_on_both_sides(size, labels, message):
+    with pytest.raises(UserError, match=re.escape(f"params.yaml: {message}")):
+        check_stratified_split("split.test_size", size, labels, "images")
+
+
+def test_a_stratified_split_that_fits_says_how_many_it_holds_out():
+    from sklearn.model_selection import train_test_split
+
+    labels = np.repeat(np.arange(10), 7)
+    held = check_stratified_split("multiclass.validation_size", 0.3, labels, "training images")
+    assert held == len(train_test_split(labels, test_size=0.3, stratify=labels, random_state=0)[1]) == 21
+
+
+def test_binary_digit_names_one_of_the_classes():
+    names = [f"class {i}" for i in range(10)]
+    assert binary_class_name(5, names) == "class 5"
+    with pytest.raises(UserError, match=re.escape("binary.digit = 10, but the dataset has 10 classes: use at most 9")):
+        binary_class_name(10, names)

@@ -178,8 +178,8 @@ def test_the_report_matches_dvc_metrics_show(reproduced):
         assert float(f1) == pytest.approx(model["test"]["f1_macro"], abs=5e-5)
     binary = report_cells(report, "Test set (accuracy")
     assert float(binary["SGD"][4]) == pytest.approx(metrics["binary"]["sgd"]["test"]["roc_auc"], abs=5e-5)
-    sgd = metrics["binary"]["sgd"]["test"]
-    assert f"precision {sgd['precision_at_cv_threshold']:.4f} [{sgd['precision_at_cv_threshold_low']:.4f}" in report
+    held = metrics["binary"]["sgd_at_target_precision"]["test"]
+    assert f"precision {held['precision']:.4f} [{held['precision_low']:.4f}" in report
     for link in re.findall(r"\]\((figures/[^)]+)\)", report):
         assert (reproduced / "reports" / link).is_file(), link
 

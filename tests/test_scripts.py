@@ -134,13 +134,13 @@ def test_train_binary_writes_models_cv_metrics_and_curves(workspace):
     assert sorted(p.name for p in (workspace / "data/models/binary").iterdir()) == [
         "dummy.skops",
         "forest.skops",
-        "sgd.skops",
+        "sgd_at_target_precision.skops",
     ]
     # The deployed SGD carries the threshold chosen on its own scores of the held-out training images.
     from mnist_dvc.files.models import read_model
 
-    deployed = read_model(workspace / "data/models/binary/sgd.skops")
-    choice = metrics["sgd"]["threshold_choice"]
+    deployed = read_model(workspace / "data/models/binary/sgd_at_target_precision.skops")
+    choice = metrics["sgd_at_target_precision"]["threshold_choice"]
     assert round(deployed.threshold, 6) == choice["threshold"] and choice["held_out_images"] == 120
     assert 0 < choice["recall"] <= 1
     header = (workspace / "reports/plots/binary_cv_pr_sgd.csv").read_text().splitlines()[0]

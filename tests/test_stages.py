@@ -252,13 +252,14 @@ def test_the_threshold_carried_by_the_deployed_sgd_is_applied_to_the_test_scores
     deployed.fit(features, target)
     # What train_binary writes for the deployed SGD: its scores, its answers at 0, and its answers at the threshold.
     answers = {"sgd": (scores, scores > 0)}
-    test = evaluate.evaluate_binary(answers, deployed.predict(features), target, 0.9)["sgd"]["test"]
+    metrics = evaluate.evaluate_binary(answers, deployed.predict(features), target, 0.9)
+    test, held = metrics["sgd"]["test"], metrics["sgd_at_target_precision"]["test"]
     chosen = scores >= threshold
-    assert test["precision_at_cv_threshold"] == round(float(target[chosen].mean()), 6)
-    assert test["recall_at_cv_threshold"] == round(float(chosen[target].mean()), 6)
-    assert test["precision_at_cv_threshold"] != test["precision"]  # the model's own cutoff is 0, not the threshold
-    for name in ("precision_at_cv_threshold", "recall_at_cv_threshold"):
-        assert test[f"{name}_low"] < test[name] <= test[f"{name}_high"] <= 1
+    assert held["precision"] == round(float(target[chosen].mean()), 6)
+    assert held["recall"] == round(float(chosen[target].mean()), 6)
+    assert held["precision"] != test["precision"]  # the plain SGD's own cutoff is 0, not the threshold
+    for name in ("precision", "recall"):
+        assert held[f"{name}_low"] < held[name] <= held[f"{name}_high"] <= 1
     # The test set's own best point: the lowest threshold of the same scores reaching precision 0.9.
     reached = [t for t in np.sort(scores) if target[scores >= t].mean() >= 0.9]
     assert test["threshold_at_target_precision"] == round(float(reached[0]), 6)

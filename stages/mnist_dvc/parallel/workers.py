@@ -8,9 +8,8 @@ only the time does. That is why where the work runs is an environment variable, 
 
 The workers reach joblib, and through it scikit-learn, with `parallel_config`, never through an estimator's
 `n_jobs`: skops would save that in the model files, and they would depend on the machine. Locally the workers are
-threads: the heavy steps release Python's lock, and a pool of processes would first spend 2-3 s importing
-scikit-learn in each worker, more than a whole stage's parallel work on the sample (measured: train_binary 7.9 s
-with processes, 5.6 s with threads).
+threads: the heavy steps release Python's lock, and a pool of processes would first import scikit-learn in each
+worker, which costs more than a whole stage's parallel work on the sample (measured: docs/design.md).
 """
 
 from __future__ import annotations

@@ -142,6 +142,30 @@ def check_at_most(key: str, value: int, limit: int, reason: str) -> None:
         raise UserError(f"{PARAMS_FILE.name}: {key} = {value}, but {reason}: use at most {limit}")
 
 
+def binary_class_name(digit: int, class_names: list[str]) -> str:
+    """The class `binary.digit` asks about: it must be one of the dataset's."""
+    check_at_most("binary.digit", digit, len(class_names) - 1, f"the dataset has {len(class_names)} classes")
+    return class_names[digit]
+
+
+def check_stratified_split(key: str, size: float, labels: np.ndarray, images: str) -> int:
+    """A stratified split that holds out `size` (a fraction) of `labels`, as `train_test_split` counts it, needs every
+    class on both sides: at least one image per class on each, so two of each class. Returns how many it holds out."""
+    classes, counts = np.unique(labels, return_counts=True)
+    n_held = int(np.ceil(size * len(labels)))
+    if n_held < len(classes) or len(labels) - n_held < len(classes):
+        raise UserError(
+            f"{PARAMS_FILE.name}: {key} = {size} holds out {n_held} of {len(labels)} {images}: each side needs at "
+            f"least {len(classes)} (one per class)"
+        )
+    if counts.min() < 2:
+        raise UserError(
+            f"{PARAMS_FILE.name}: {key}: class {classes[counts.argmin()]} has a single one of the {len(labels)} "
+            f"{images}, which cannot be on both sides of a stratified split"
+        )
+    return n_held
+
+
 def check_at_least(key: str, value: int, limit: int, reason: str) -> None:
     if value < limit:
         raise UserError(f"{PARAMS_FILE.name}: {key} = {value}, but {reason}: use at least {limit}")

@@ -28,8 +28,7 @@ MNIST_IMAGE_SHAPE: ImageShape = (SIDE, SIDE)
 # Images per chunk of a step at most: bounds the memory of its intermediate arrays.
 IMAGES_PER_CHUNK = 1000
 # HOG's float64 intermediates per chunk (the votes, pixels x orientations, and the blocks, up to three copies of the
-# larger): a chunk holds fewer images when HOG's params make them wide. Measured with tracemalloc: ~120 MB for 1,000
-# images with the defaults, ~250 MB beside the result with the widest params allowed.
+# larger): a chunk holds fewer images when HOG's params make them wide (measured: docs/design.md).
 HOG_CHUNK_BYTES = 256 * 1024 * 1024
 # The epsilon of skimage's L2-Hys block norm.
 HOG_EPSILON = 1e-5
@@ -172,8 +171,8 @@ def hog_images(images: np.ndarray, orientations: int, pixels_per_cell: int, cell
     """(n, height, width) images to their HOG descriptors, (n, features) float32: what `skimage.feature.hog` gives
     with L2-Hys blocks, to the bit (`tests/test_features.py` compares them), computed for all images at once.
 
-    skimage's function takes ~0.5 ms an image, four fifths of it in a Python loop over the blocks: 2.1 s for the
-    sample's 4,000 training digits, 0.6 s here (measured). So this follows its arithmetic step by step: the same
+    skimage's function spends most of its time in a Python loop over the blocks, an image at a time (measured:
+    docs/design.md). So this follows its arithmetic step by step: the same
     gradients and orientation bins, each cell's votes summed in float32 in skimage's order and divided by the cell's
     size, then the same block sums.
     """

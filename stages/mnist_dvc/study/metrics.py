@@ -20,8 +20,8 @@ from sklearn.metrics import (
 
 from mnist_dvc.study.errors import UserError
 
-# The column of the binary predictions file (written by `evaluate`) holding SGD's answers at the threshold chosen
-# for the target precision, the detector as it would be deployed.
+# The deployed binary detector: the SGD with the threshold chosen for the target precision. Its model file, its
+# metrics and its column of answers carry this name; `sgd` is the plain SGD at its own cutoff of 0.
 THRESHOLDED_SGD = "sgd_at_target_precision"
 
 # The binary task's scores are reported as curves and a threshold: in float32, a dot product's last digits depend on
@@ -36,11 +36,17 @@ def is_target(labels: np.ndarray, digit: int) -> np.ndarray:
     return labels == digit
 
 
+def one_answer_only(target: np.ndarray) -> str | None:
+    """'none' or 'all' where a yes/no target holds a single answer (nothing to learn or to choose a threshold on),
+    else None."""
+    positives = int(np.count_nonzero(target))
+    return "none" if positives == 0 else "all" if positives == len(target) else None
+
+
 def check_both_classes(target: np.ndarray, digit: int, class_name: str, part: str) -> None:
     """The binary task needs both answers among the `part` ('training' or 'test') images to learn or be scored."""
-    positives = int(target.sum())
-    if positives in (0, len(target)):
-        some = "none" if positives == 0 else "all"
+    some = one_answer_only(target)
+    if some:
         raise UserError(
             f"params.yaml: binary.digit = {digit}: {some} of the {len(target)} {part} images are '{class_name}', "
             f"so the binary task cannot be learned or scored: choose a class present in the {part} set among others"
