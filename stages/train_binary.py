@@ -17,7 +17,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import SGDClassifier
-from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, train_test_split
+from sklearn.model_selection import FixedThresholdClassifier, StratifiedKFold, cross_val_predict, train_test_split
 
 from mnist_dvc.files.arrays import first_n, load_class_names, load_split, load_split_images, save_arrays, to_features
 from mnist_dvc.files.curves import write_curves
@@ -54,14 +54,12 @@ def build_models(params: BinaryParams) -> dict[str, Any]:
     }
 
 
-def fold_scores(
-    name: str, model: Any, features: np.ndarray, target: np.ndarray, train: np.ndarray, test: np.ndarray
-) -> np.ndarray:
-    """One CV job, as `cross_val_predict` does it: a clone fitted on the fold's training rows, its scores for 'yes'
-    on the others. The rows are copied here, in the worker, so a fold's copies live only while it runs."""
+def cv_scores(name: str, model: Any, features: np.ndarray, target: np.ndarray, folds: StratifiedKFold) -> np.ndarray:
+    """One job: the model's cross-validated scores for 'yes', by scikit-learn's `cross_val_predict` (its folds one
+    after the other, inside the job: the forest beside it is the longest job, so folds as jobs of their own gained
+    nothing, measured in docs/design.md)."""
     with refused_by_estimator(f"binary.{name}"):
-        fitted = clone(model).fit(features[train], target[train])
-        scores = getattr(fitted, score_method(fitted))(features[test])
+        scores = cross_val_predict(model, features, target, cv=folds, method=score_method(model))
     return scores if scores.ndim == 1 else scores[:, 1]
 
 
@@ -84,27 +82,19 @@ def out_of_sample_scores(
     beside them, the deployed SGD with its threshold. Returns the scores, the fitted forest, and the deployed SGD.
     """
     forest_features, forest_target = first_n(params.forest.max_train_samples, features, target)
-    folds = list(StratifiedKFold(n_splits=params.cv_folds).split(features, target))
+    folds = StratifiedKFold(n_splits=params.cv_folds)
     jobs: list[Job] = [
         ("forest: out-of-bag scores", forest_scores, (models["forest"], forest_features, forest_target)),
         ("sgd: threshold on held-out images", thresholded_sgd_job, (params, features, target, *held_out_split)),
+        (f"sgd: {params.cv_folds}-fold CV", cv_scores, ("sgd", models["sgd"], features, target, folds)),
+        (f"dummy: {params.cv_folds}-fold CV", cv_scores, ("dummy", models["dummy"], features, target, folds)),
     ]
-    for name in ("sgd", "dummy"):
-        jobs += [
-            (f"{name}: CV fold {i}", fold_scores, (name, models[name], features, target, *fold))
-            for i, fold in enumerate(folds, start=1)
-        ]
     log(
         f"out-of-sample scores: sgd and dummy by {params.cv_folds}-fold CV on {len(target)} images, the forest "
         f"out-of-bag on {len(forest_target)}; sgd's threshold for precision {params.target_precision}"
     )
-    (forest, forest_oob), deployed, *fold_results = run_jobs(jobs)
-    scores, fold_scored = {"forest": forest_oob}, iter(fold_results)
-    for name in ("sgd", "dummy"):
-        scores[name] = np.empty(len(target))
-        for _, test in folds:
-            scores[name][test] = next(fold_scored)
-    return scores, forest, deployed
+    (forest, forest_oob), deployed, sgd, dummy = run_jobs(jobs)
+    return {"forest": forest_oob, "sgd": sgd, "dummy": dummy}, forest, deployed
 
 
 def oob_scores(forest: RandomForestClassifier) -> np.ndarray:

@@ -19,7 +19,7 @@ from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import SGDClassifier
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
@@ -170,13 +170,14 @@ def check_sizes(
 
 
 def memory_needs(
-    name: str, entry: Any, features: np.ndarray, width: int, rows: tuple[int, int, int], workers: int
+    name: str, entry: Any, features: np.ndarray, width: int, rows: tuple[int, int], workers: int
 ) -> dict[str, int]:
     """What the stage will hold at most, by what holds it (named by its params), in bytes: the pixels, the model's
-    features computed once per image (the HOG SVC's), and the `workers` largest jobs at once, each holding about
-    three copies of its training rows (the rows, a scaled or projected copy, the model's own) times five with
-    shifted copies. `rows`: the images of the final fit and of a CV fold, and the number of folds."""
-    fit_rows, fold_rows, folds = rows
+    features computed once per image (the HOG SVC's), and its two jobs (the final fit, the CV's folds one at a time)
+    as far as there are workers, each holding about three copies of its training rows (the rows, a scaled or
+    projected copy, the model's own) times five with shifted copies. `rows`: the images of the final fit and of a
+    CV fold."""
+    fit_rows, fold_rows = rows
     key = f"multiclass.models.{name}"
     needs = {"the pixels": 2 * features.nbytes}
     if name == "svc_hog":
@@ -184,8 +185,7 @@ def memory_needs(
         needs[hog] = len(features) * width * 4
     copies = 3 * (5 if entry.augment_shifts else 1)
     what = f"{key}.augment_shifts" if entry.augment_shifts else key
-    jobs = [(f"{what} (a fit)", copies * fit_rows * width * 4)]
-    jobs += [(f"{what} (a CV fold)", copies * fold_rows * width * 4)] * folds
+    jobs = [(f"{what} (a fit)", copies * fit_rows * width * 4), (f"{what} (a CV fold)", copies * fold_rows * width * 4)]
     for job, size in sorted(jobs, key=lambda job: -job[1])[:workers]:
         needs[job] = needs.get(job, 0) + size
     return needs
@@ -214,12 +214,12 @@ def fit(name: str, model: Any, features: np.ndarray, labels: np.ndarray) -> Any:
         return clone(model).fit(features, labels)
 
 
-def fit_and_predict_fold(
-    name: str, model: Any, inputs: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray
-) -> np.ndarray:
-    """One CV job, its predictions only: its rows are copied here, in the worker, and its fitted model is dropped
-    when it returns, so a fold's memory lives only while it runs, however many folds there are (docs/design.md)."""
-    return fit(name, model, inputs[train], labels[train]).predict(inputs[test])
+def cross_validate(name: str, model: Any, inputs: np.ndarray, labels: np.ndarray, folds: list[Any]) -> np.ndarray:
+    """One job: the model's cross-validated predictions, by scikit-learn's `cross_val_predict`, its folds one after
+    the other inside the job (each fold's model is dropped once it has predicted, so memory does not grow with the
+    folds). The final fit beside it is the longest job, so folds as jobs of their own gain nothing (docs/design.md)."""
+    with refused_by_estimator(f"multiclass.models.{name}"):
+        return cross_val_predict(model, inputs, labels, cv=folds)
 
 
 def fit_and_cross_validate(
@@ -228,8 +228,8 @@ def fit_and_cross_validate(
     """The model fitted on the first `fit_size` of `fit_on`'s images (None = all), and its cross-validated
     predictions for the first `cv_max_samples` of them, `cv` being (cv_max_samples, the folds).
 
-    The final fit and the CV folds are independent jobs for the workers, the final fit first: it is the longest. The
-    CV predictions are assembled fold by fold, as `cross_val_predict` does. The model's per-image steps run first,
+    The final fit and the cross-validation are independent jobs for the workers, the final fit first: it is the
+    longest. The model's per-image steps run first,
     once, on the images the final fit or the folds use; the saved model carries them.
     """
     features, labels = fit_on
@@ -248,16 +248,14 @@ def fit_and_cross_validate(
     final_inputs, final_labels = first_n(fit_size, inputs, labels)
     (cv_inputs,) = first_n(cv_max_samples, inputs)
     jobs: list[Job] = [
-        (f"{name}: final fit on {len(final_labels)} images", fit, (name, rest, final_inputs, final_labels))
+        (f"{name}: final fit on {len(final_labels)} images", fit, (name, rest, final_inputs, final_labels)),
+        (
+            f"{name}: {len(fold_indices)}-fold CV on {len(cv_labels)} images",
+            cross_validate,
+            (name, rest, cv_inputs, cv_labels, fold_indices),
+        ),
     ]
-    jobs += [
-        (f"{name}: CV fold {i}", fit_and_predict_fold, (name, rest, cv_inputs, cv_labels, *fold))
-        for i, fold in enumerate(fold_indices, start=1)
-    ]
-    fitted, *fold_results = run_jobs(jobs)
-    predicted = np.empty_like(cv_labels)
-    for (_, test), fold_predicted in zip(fold_indices, fold_results, strict=True):
-        predicted[test] = fold_predicted
+    fitted, predicted = run_jobs(jobs)
     return (fitted if steps is None else Pipeline(steps.steps + fitted.steps)), predicted
 
 
@@ -292,7 +290,7 @@ def main(name: str) -> None:
     test_features = to_features(load_split_images("test"))  # the images only: no training stage reads a test label
     limit = memory_limit(os.environ.get(LIMIT_VARIABLE))
     n_fit = min(fit_size or len(fit_labels), len(fit_labels))
-    rows = (n_fit, fold_train_size(len(cv_labels), shared.cv_folds), shared.cv_folds)
+    rows = (n_fit, fold_train_size(len(cv_labels), shared.cv_folds))
     check_memory(memory_needs(name, entry, features, width, rows, workers_at_once()), limit)
     log(f"{name}: learns from {n_fit} of {len(fit_labels)} training images; {len(choose)} choose the best model")
 

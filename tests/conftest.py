@@ -100,7 +100,6 @@ def scratch(reproduced, tmp_path) -> Path:
     return Path(shutil.copytree(reproduced, tmp_path / "repo", symlinks=True))
 
 
-# What a Dask worker needs to compute like a stage (numeric_profile.WORKER_ENVIRONMENT), as a mapping.
 @contextmanager
 def dask_cluster(folder: Path, workers: int = 2, nanny: bool = True, **worker_env: str) -> Iterator[DaskCluster]:
     """`tools/local_cluster.py`'s cluster, started from the user's environment; a test fails if it does not start."""
