@@ -161,7 +161,7 @@ def test_dvc_repro_on_a_cluster_gives_the_committed_lock_and_runs_the_fits_on_th
     assert lock_outs(root / "dvc.lock") == lock_outs(ROOT / "dvc.lock")
     assert run(["git", "status", "--porcelain"], root).stdout == ""
     jobs = [task for task in tasks if task["key"].startswith("batch_of_timed_job_")]
-    # Each multiclass model's final fit and cross-validation, train_binary's four, validation and test pieces, HOG chunks.
+    # Each multiclass model's final fit and CV, train_binary's four jobs, validation and test pieces, HOG chunks.
     assert len(jobs) >= 6 * 2 + 4 + 12
     assert {task["worker"] for task in jobs} == workers  # both workers computed, and nothing else did
     folds = [task for task in tasks if "_fit_and_predict" in task["key"]]  # train_multilabel's cross_val_predict
