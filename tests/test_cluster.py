@@ -175,7 +175,7 @@ def test_a_worker_killed_during_train_multiclass_is_survived_with_the_same_bytes
         victim, pid = sorted(started.worker_pids().items())[0]
         # Every train_multiclass@<model>, one after the other: killed during the first's jobs.
         command = [sys.executable, "-m", "dvc", "repro", "-f", "-s", "train_multiclass"]
-        process = run_until(command, root, "(1 of 4 done)", **{SCHEDULER_VARIABLE: started.address})
+        process = run_until(command, root, "(1 of 2 done)", **{SCHEDULER_VARIABLE: started.address})
         assert process.poll() is None  # killed mid-run, not after
         os.kill(pid, signal.SIGKILL)
         output, _ = process.communicate(timeout=600)

@@ -181,7 +181,10 @@ def test_train_multilabel_reports_f1(workspace):
 
 def test_evaluate_scores_every_model_on_the_test_set(workspace):
     metrics = read_json(workspace / "reports/metrics/test.json")
-    assert set(metrics["binary"]) == {"sgd", "dummy", "forest"}
+    assert set(metrics["binary"]) == {"sgd", "dummy", "forest", "sgd_at_target_precision"}
+    assert set(metrics["binary"]["sgd_at_target_precision"]["test"]) == {
+        f"{metric}{bound}" for metric in ("precision", "recall") for bound in ("", "_low", "_high")
+    }
     assert set(metrics["multiclass"]) == ALL_MODELS
     denoised = metrics["multioutput"]["knn"]["test"]
     assert denoised["mean_abs_error"] < denoised["mean_abs_error_noisy"]
