@@ -3,11 +3,16 @@
 # ruff: noqa: E402  (the user's environment is read before the numeric profile changes it)
 from __future__ import annotations
 
+import json
 import os
 
 # The environment as the user set it, before the numeric profile (imported next, ahead of numpy, as every stage does)
 # puts its variables in: the commands the tests start get the user's, and each stage applies the profile itself.
-USER_ENVIRONMENT = dict(os.environ)
+# pytest-xdist's test processes inherit the environment of the process that started them, where the profile already
+# holds: that process hands them the user's environment in a variable of its own.
+HANDED_DOWN = "MNIST_DVC_TESTS_USER_ENVIRONMENT"
+os.environ.setdefault(HANDED_DOWN, json.dumps(dict(os.environ)))
+USER_ENVIRONMENT = json.loads(os.environ[HANDED_DOWN])
 
 import mnist_dvc.runtime.numeric_profile  # noqa: F401
 
@@ -16,13 +21,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import local_cluster
 import numpy as np
 import pytest
+import yaml
+from filelock import FileLock
 from local_cluster import DaskCluster
 from project_copy import command_env, copy_repo
 
@@ -82,16 +89,45 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
+def stages_with_parallel_work() -> list[str]:
+    """The stages (a `foreach` by its name) that depend on the parallel layer, as `dvc.yaml` says: the only ones whose
+    work runs on threads or a cluster, so the only ones where the worker count or the cluster could change a byte."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return [name for name, entry in stages.items() if "stages/mnist_dvc/parallel" in entry.get("do", entry)["deps"]]
+
+
 def dvc(args: list[str], cwd: Path, check: bool = True, **extra: str | None) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], cwd, check=check, **extra)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """`build(folder)` run once per test session: the first of pytest-xdist's processes to need it runs it under a
+    file lock, in a folder all of them share, and the others wait for it. A build that failed is tried again."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    shared = tmp_path_factory.getbasetemp() if worker is None else tmp_path_factory.getbasetemp().parent
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def reproduce(folder: Path) -> None:
+    copy_repo(folder)
+    dvc(["repro", "-f"], folder)
+
+
 @pytest.fixture(scope="session")
 def reproduced(tmp_path_factory) -> Path:
-    """A fresh copy of the repo after a full `dvc repro -f`: read it, never change it."""
-    root = copy_repo(tmp_path_factory.mktemp("repo"))
-    dvc(["repro", "-f"], root)
-    return root
+    """A fresh copy of the repo after a full `dvc repro -f`, built once per session: read it, never change it. Each
+    test process reads its own copy, so that no two run DVC in the same repo."""
+    built = built_once(tmp_path_factory, "reproduced", reproduce)
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return built
+    return Path(shutil.copytree(built, tmp_path_factory.mktemp("reproduced") / "repo", symlinks=True))
 
 
 @pytest.fixture

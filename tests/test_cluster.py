@@ -18,7 +18,7 @@ import pytest
 import yaml
 from sklearn.decomposition import PCA
 
-from conftest import ROOT, copy_repo, dask_cluster, dvc, free_port, run, run_until
+from conftest import ROOT, dask_cluster, dvc, free_port, run, run_until, stages_with_parallel_work
 from mnist_dvc.parallel import cluster
 from mnist_dvc.parallel.cluster import SCHEDULER_VARIABLE, package_archive, refusal, with_aligned_arrays
 
@@ -149,13 +149,14 @@ def lock_outs(path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_on_a_cluster_gives_the_committed_lock_and_runs_the_fits_on_the_workers(tmp_path):
+def test_dvc_repro_on_a_cluster_gives_the_committed_lock_and_runs_the_fits_on_the_workers(tmp_path, scratch):
+    """Forced: every stage with parallel work; the others do not connect to the cluster."""
     from distributed import Client
 
+    root = scratch
     with dask_cluster(tmp_path / "cluster", workers=2) as started, Client(started.address) as client:
         client.get_task_stream()  # the scheduler records every task from here on
-        root = copy_repo(tmp_path / "repo")
-        dvc(["repro", "-f"], root, **{SCHEDULER_VARIABLE: started.address})
+        dvc(["repro", "-f", "-s", *stages_with_parallel_work()], root, **{SCHEDULER_VARIABLE: started.address})
         tasks = client.get_task_stream()
         workers = set(started.worker_pids())
     assert lock_outs(root / "dvc.lock") == lock_outs(ROOT / "dvc.lock")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tracemalloc
 from functools import partial
@@ -29,7 +30,7 @@ from compare import (
     task_rows,
     verdict,
 )
-from conftest import ROOT, copy_repo, dvc, run
+from conftest import ROOT, built_once, dvc, run
 
 TOOL = ROOT / "tools" / "compare.py"
 KEYS = ["model", "metric", "a", "b", "difference", "ci_low", "ci_high", "p_value"]
@@ -275,14 +276,12 @@ def test_a_changed_test_set_or_a_damaged_file_is_a_one_line_error(history, label
 # On real runs of the pipeline.
 
 
-@pytest.fixture(scope="module")
-def comparisons(tmp_path_factory) -> dict[str, dict[tuple[str, str], dict]]:
-    """`compare.py main --json` on two branches of a fresh copy: a change of seed, and a far too small C."""
-    root = copy_repo(tmp_path_factory.mktemp("repo"))
-    dvc(["repro"], root)
+def compare_branches(reproduced: Path, folder: Path) -> None:
+    """`compare.py main --json` on two branches of a copy of the reproduced repo, a change of seed and a far too
+    small C, each branch's rows in `<branch>.json`."""
+    root = Path(shutil.copytree(reproduced, folder / "repo", symlinks=True))
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-q", "--allow-empty", "-m", "reproduced"], root)
-    results = {}
     for branch, (section, old, new) in {
         "forest-seed": ("    forest:\n", "      random_state: 42\n", "      random_state: 43\n"),
         "svc-ovo-small-c": ("    svc_ovo:", "      C: 10\n", "      C: 0.001\n"),
@@ -296,9 +295,18 @@ def comparisons(tmp_path_factory) -> dict[str, dict[tuple[str, str], dict]]:
         (root / "params.yaml").write_text(head + section + tail.replace(old, new, 1))
         dvc(["repro"], root)
         run(["git", "commit", "-qam", branch], root)
-        rows = json.loads(run([sys.executable, str(root / "tools" / "compare.py"), "main", "--json"], root).stdout)
-        results[branch] = {(row["model"], row["metric"]): row for row in rows}
-    return results
+        rows = run([sys.executable, str(root / "tools" / "compare.py"), "main", "--json"], root).stdout
+        (folder / f"{branch}.json").write_text(rows)
+
+
+@pytest.fixture(scope="module")
+def comparisons(reproduced, tmp_path_factory) -> dict[str, dict[tuple[str, str], dict]]:
+    """The two branches' rows by (model, metric), compared once per test session."""
+    folder = built_once(tmp_path_factory, "comparisons", partial(compare_branches, reproduced))
+    return {
+        branch: {(row["model"], row["metric"]): row for row in json.loads((folder / f"{branch}.json").read_text())}
+        for branch in ("forest-seed", "svc-ovo-small-c")
+    }
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from conftest import ROOT, built_once, run
 from mnist_dvc.datasets.registry import DIGITS, FASHION
 from mnist_dvc.study.schema import MulticlassModels
 
@@ -68,13 +68,21 @@ def run_stage(workspace: Path, stage: str, check: bool = True, **env: str):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, sample) -> Path:
-    """A workspace where every stage after download has run on 600 digits."""
-    root = make_workspace(tmp_path_factory.mktemp("tiny"), *sample)
-    for stage in STAGES:
-        before = snapshot(root)
-        run_stage(root, stage)
-        WRITTEN[stage] = {path for path, state in snapshot(root).items() if before.get(path) != state}
-    return root
+    """A workspace where every stage after download has run on 600 digits, built once per session (tests change
+    only copies of it), with the files each stage wrote in `written.json` beside it."""
+
+    def build(folder: Path) -> None:
+        root = make_workspace(folder / "tiny", *sample)
+        written = {}
+        for stage in STAGES:
+            before = snapshot(root)
+            run_stage(root, stage)
+            written[stage] = sorted(path for path, state in snapshot(root).items() if before.get(path) != state)
+        (folder / "written.json").write_text(json.dumps(written))
+
+    folder = built_once(tmp_path_factory, "workspace", build)
+    WRITTEN.update({stage: set(paths) for stage, paths in json.loads((folder / "written.json").read_text()).items()})
+    return folder / "tiny"
 
 
 WRITTEN: dict[str, set[str]] = {}  # the files each stage wrote in the workspace
